@@ -1,0 +1,89 @@
+# zfaas — run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+EXAMPLES_OUT := build/examples
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+export CGO_ENABLED ?= 0
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## Install what the build and tests need (Debian packages, Go modules) when missing
+	@missing=""; \
+	for p in python3:/usr/bin/python3 nodejs:/usr/bin/node; do \
+	  pkg=$${p%%:*}; path=$${p#*:}; [ -x "$$path" ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+	$(GO) mod download
+
+.PHONY: build
+build: ## Build bin/zfaas
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/zfaas ./cmd/zfaas
+
+.PHONY: examples
+examples: ## Build the example functions into build/examples
+	@rm -rf $(EXAMPLES_OUT) && mkdir -p $(EXAMPLES_OUT)
+	@for d in examples/*/; do \
+	  name=$$(basename $$d); [ -f $$d/zfaas.yaml ] || continue; \
+	  out=$(EXAMPLES_OUT)/$$name; mkdir -p $$out; \
+	  if ls $$d/*.go >/dev/null 2>&1; then \
+	    $(GO) build -trimpath -ldflags '-s -w' -o $$out/bootstrap ./$$d || exit 1; \
+	    cp $$d/zfaas.yaml $$out/; \
+	  else \
+	    cp -r $$d/. $$out/; rm -f $$out/README.md; \
+	  fi; \
+	done
+	@echo "examples built in $(EXAMPLES_OUT)"
+
+.PHONY: run
+run: deps build examples ## Start the all-in-one platform and deploy the examples
+	$(BIN)/zfaas up --deploy-examples $(EXAMPLES_OUT)
+
+.PHONY: demo
+demo: build examples ## Start the platform in a temp dir, invoke every example, stop
+	./scripts/demo.sh
+
+.PHONY: test
+test: deps ## Run every test (installs what is missing first)
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+.PHONY: test-race
+test-race: deps ## Run every test with the race detector
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+
+.PHONY: bench
+bench: deps build examples ## Run benchmarks; every figure is printed beside its baseline
+	./bench/run.sh
+
+.PHONY: lint
+lint: ## gofmt, go vet and staticcheck (config: staticcheck.conf)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+.PHONY: generate
+generate: ## Regenerate protobuf stubs (needs protoc: apt-get install protobuf-compiler)
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler"; exit 1; }
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	$(GO) generate ./api/...
+
+.PHONY: generate-check
+generate-check: generate ## Fail when generated code differs from what is committed
+	@git diff --exit-code -- api/ || { echo "generated code is stale: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api/)" || { echo "untracked generated files:"; git status --porcelain -- api/; exit 1; }
+
+.PHONY: clean
+clean: ## Remove build outputs
+	rm -rf $(BIN) build

@@ -1,0 +1,5 @@
+// Package zfaasv1 holds the generated protobuf and gRPC stubs of the zfaas
+// invocation API (invoke.proto). Regenerate with `make generate`.
+package zfaasv1
+
+//go:generate protoc -I . --plugin=protoc-gen-go=../../../bin/protoc-gen-go --plugin=protoc-gen-go-grpc=../../../bin/protoc-gen-go-grpc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative invoke.proto

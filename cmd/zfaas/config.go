@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/runtime/archive"
+)
+
+// upConfig is the YAML configuration of `zfaas up`. Unknown keys are an
+// error. See docs/configuration.md.
+type upConfig struct {
+	DataDir  string        `yaml:"data_dir"`
+	LogLevel string        `yaml:"log_level"`
+	Tenant   string        `yaml:"tenant"`
+	Gateway  gatewayConfig `yaml:"gateway"`
+	Worker   workerConfig  `yaml:"worker"`
+	Packages packageConfig `yaml:"packages"`
+	Store    storeConfig   `yaml:"store"`
+}
+
+type gatewayConfig struct {
+	Listen                string        `yaml:"listen"`
+	GRPCListen            string        `yaml:"grpc_listen"`
+	MaxPayloadBytes       int64         `yaml:"max_payload_bytes"`
+	WaitBudget            time.Duration `yaml:"wait_budget"`
+	DefaultMaxConcurrency int           `yaml:"default_max_concurrency"`
+	LogRetention          time.Duration `yaml:"log_retention"`
+}
+
+type workerConfig struct {
+	Sandbox          string        `yaml:"sandbox"`
+	IdleTimeout      time.Duration `yaml:"idle_timeout"`
+	InitTimeout      time.Duration `yaml:"init_timeout"`
+	MaxResponseBytes int64         `yaml:"max_response_bytes"`
+	UID              int           `yaml:"uid"`
+	GID              int           `yaml:"gid"`
+}
+
+type packageConfig struct {
+	MaxCompressedBytes int64 `yaml:"max_compressed_bytes"`
+	MaxUnpackedBytes   int64 `yaml:"max_unpacked_bytes"`
+	MaxRatio           int64 `yaml:"max_ratio"`
+	MaxFiles           int   `yaml:"max_files"`
+}
+
+type storeConfig struct {
+	URL      string `yaml:"url"`
+	Replicas int    `yaml:"replicas"`
+}
+
+// defaultUpConfig returns the embedded defaults.
+func defaultUpConfig(getenv env) upConfig {
+	dataDir := "/var/lib/zfaas"
+	if os.Geteuid() != 0 {
+		if h := getenv("HOME"); h != "" {
+			dataDir = filepath.Join(h, ".local", "share", "zfaas")
+		}
+	}
+	lim := archive.DefaultLimits()
+	return upConfig{
+		DataDir:  dataDir,
+		LogLevel: "info",
+		Tenant:   "default",
+		Gateway: gatewayConfig{
+			Listen:                "127.0.0.1:8080",
+			GRPCListen:            "127.0.0.1:9090",
+			MaxPayloadBytes:       6 << 20,
+			WaitBudget:            time.Second,
+			DefaultMaxConcurrency: 10,
+			LogRetention:          24 * time.Hour,
+		},
+		Worker: workerConfig{
+			Sandbox:          "process",
+			IdleTimeout:      10 * time.Minute,
+			InitTimeout:      10 * time.Second,
+			MaxResponseBytes: 6 << 20,
+			UID:              65534,
+			GID:              65534,
+		},
+		Packages: packageConfig{
+			MaxCompressedBytes: lim.MaxCompressed,
+			MaxUnpackedBytes:   lim.MaxUnpacked,
+			MaxRatio:           lim.MaxRatio,
+			MaxFiles:           lim.MaxFiles,
+		},
+		Store: storeConfig{Replicas: 1},
+	}
+}
+
+// loadConfigFile merges a YAML file over cfg, refusing unknown keys.
+func loadConfigFile(path string, cfg *upConfig) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// validate checks the merged configuration.
+func (c *upConfig) validate() error {
+	if c.DataDir == "" {
+		return errors.New("data_dir is required")
+	}
+	if !api.ValidName(c.Tenant) {
+		return fmt.Errorf("tenant %q: use lower-case letters, digits and inner hyphens", c.Tenant)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	for name, addr := range map[string]string{"gateway.listen": c.Gateway.Listen, "gateway.grpc_listen": c.Gateway.GRPCListen} {
+		if addr == "" && name == "gateway.grpc_listen" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return fmt.Errorf("%s %q: %v", name, addr, err)
+		}
+		// Until mutual TLS is configured, the APIs must not leave the
+		// machine: secure by default.
+		ip := net.ParseIP(host)
+		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("%s %q: only loopback addresses are allowed while the gateway has no mTLS identity configured", name, addr)
+		}
+	}
+	if c.Worker.Sandbox != "process" {
+		return fmt.Errorf("worker.sandbox %q: only \"process\" is available in this build", c.Worker.Sandbox)
+	}
+	if c.Gateway.MaxPayloadBytes <= 0 || c.Gateway.MaxPayloadBytes > 64<<20 {
+		return fmt.Errorf("gateway.max_payload_bytes %d: want 1..%d", c.Gateway.MaxPayloadBytes, 64<<20)
+	}
+	if c.Gateway.WaitBudget < 0 || c.Gateway.WaitBudget > time.Minute {
+		return fmt.Errorf("gateway.wait_budget %s: want 0..1m", c.Gateway.WaitBudget)
+	}
+	if c.Gateway.DefaultMaxConcurrency < 1 {
+		return fmt.Errorf("gateway.default_max_concurrency %d: want at least 1", c.Gateway.DefaultMaxConcurrency)
+	}
+	if c.Worker.IdleTimeout < time.Second {
+		return fmt.Errorf("worker.idle_timeout %s: want at least 1s", c.Worker.IdleTimeout)
+	}
+	if c.Worker.InitTimeout < 100*time.Millisecond {
+		return fmt.Errorf("worker.init_timeout %s: want at least 100ms", c.Worker.InitTimeout)
+	}
+	if c.Worker.UID <= 0 || c.Worker.GID <= 0 {
+		return errors.New("worker.uid and worker.gid must be unprivileged (non-zero)")
+	}
+	p := c.Packages
+	if p.MaxCompressedBytes <= 0 || p.MaxUnpackedBytes <= 0 || p.MaxRatio < 1 || p.MaxFiles <= 0 {
+		return errors.New("packages: max_compressed_bytes, max_unpacked_bytes, max_files must be positive and max_ratio at least 1")
+	}
+	if c.Store.Replicas != 1 && c.Store.Replicas != 3 && c.Store.Replicas != 5 {
+		return fmt.Errorf("store.replicas %d: want 1, 3 or 5", c.Store.Replicas)
+	}
+	return nil
+}
+
+func (c *upConfig) archiveLimits() archive.Limits {
+	return archive.Limits{
+		MaxCompressed: c.Packages.MaxCompressedBytes,
+		MaxUnpacked:   c.Packages.MaxUnpackedBytes,
+		MaxRatio:      c.Packages.MaxRatio,
+		MaxFiles:      c.Packages.MaxFiles,
+	}
+}

@@ -1,0 +1,700 @@
+package main
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/zfaas/zfaas/api"
+	zfaasv1 "github.com/zfaas/zfaas/api/zfaas/v1"
+	"github.com/zfaas/zfaas/gateway/client"
+	"github.com/zfaas/zfaas/runtime/archive"
+	"github.com/zfaas/zfaas/runtime/sandbox/process"
+)
+
+// built holds function directories built once for all tests.
+var built struct {
+	once    sync.Once
+	err     error
+	root    string
+	fixture string // dir with the fixture binary as "bootstrap"
+	hello   string
+	echo    string
+	python  string
+	node    string
+}
+
+func TestMain(m *testing.M) {
+	process.Init()
+	code := m.Run()
+	if built.root != "" {
+		os.RemoveAll(built.root)
+	}
+	os.Exit(code)
+}
+
+// needPlatform skips tests that need what the process sandbox needs.
+func needPlatform(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the process sandbox uses namespaces and cgroups")
+	}
+}
+
+func buildFunctions(t *testing.T) {
+	t.Helper()
+	built.once.Do(func() {
+		root, err := os.MkdirTemp("", "zfaas-e2e-fns-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.root = root
+		build := func(pkg, name string) (string, error) {
+			dir := filepath.Join(root, name)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return "", err
+			}
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "bootstrap"), pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return "", fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+			}
+			return dir, nil
+		}
+		if built.fixture, built.err = build("./testdata/fixture", "fixture"); built.err != nil {
+			return
+		}
+		if built.hello, built.err = build("../../examples/hello", "hello"); built.err != nil {
+			return
+		}
+		if built.echo, built.err = build("../../examples/http-echo", "http-echo"); built.err != nil {
+			return
+		}
+		built.python, _ = filepath.Abs("../../examples/python-hello")
+		built.node, _ = filepath.Abs("../../examples/node-hello")
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+}
+
+type testPlatform struct {
+	t       *testing.T
+	p       *platform
+	url     string
+	c       *client.Client
+	cancel  context.CancelFunc
+	done    chan error
+	dataDir string
+	once    sync.Once
+}
+
+func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatform {
+	t.Helper()
+	needPlatform(t)
+	buildFunctions(t)
+	cfg := defaultUpConfig(os.Getenv)
+	cfg.DataDir = dataDir
+	cfg.Gateway.Listen = "127.0.0.1:0"
+	cfg.Gateway.GRPCListen = "127.0.0.1:0"
+	cfg.Gateway.WaitBudget = 200 * time.Millisecond
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := startPlatform(ctx, cfg, log)
+	if err != nil {
+		cancel()
+		t.Fatalf("start platform: %v", err)
+	}
+	tp := &testPlatform{t: t, p: p, url: "http://" + p.httpAddr, cancel: cancel, done: make(chan error, 1), dataDir: dataDir}
+	go func() { tp.done <- p.run(ctx) }()
+	tp.c, err = client.New(tp.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tp.stop)
+	return tp
+}
+
+func (tp *testPlatform) stop() {
+	tp.once.Do(func() {
+		tp.cancel()
+		<-tp.done
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := tp.p.close(ctx); err != nil {
+			tp.t.Errorf("close platform: %v", err)
+		}
+	})
+}
+
+func (tp *testPlatform) deployDir(name, dir string, cfg api.FunctionConfig) api.Version {
+	tp.t.Helper()
+	var buf bytes.Buffer
+	if err := archive.ZipDir(context.Background(), dir, &buf); err != nil {
+		tp.t.Fatal(err)
+	}
+	v, err := tp.c.Deploy(context.Background(), name, client.DeployRequest{FunctionConfig: cfg}, &buf, name+".zip")
+	if err != nil {
+		tp.t.Fatalf("deploy %s: %v", name, err)
+	}
+	return v
+}
+
+func (tp *testPlatform) deployFixture(name string, mutate func(*api.FunctionConfig)) api.Version {
+	cfg := api.FunctionConfig{Runtime: api.RuntimeGo, Handler: "bootstrap", TimeoutSeconds: 10}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return tp.deployDir(name, built.fixture, cfg)
+}
+
+// fixtureResult mirrors the fixture's reply.
+type fixtureResult struct {
+	Version  string   `json:"version"`
+	Instance string   `json:"instance"`
+	PID      int      `json:"pid"`
+	UID      int      `json:"uid"`
+	Exists   bool     `json:"exists"`
+	Data     string   `json:"data"`
+	PIDs     []string `json:"pids"`
+	Err      string   `json:"err"`
+}
+
+func (tp *testPlatform) invokeFixture(target string, ev map[string]any) (fixtureResult, client.InvokeMeta) {
+	tp.t.Helper()
+	raw, _ := json.Marshal(ev)
+	out, meta, err := tp.c.Invoke(context.Background(), target, raw)
+	if err != nil {
+		tp.t.Fatalf("invoke %s %v: %v", target, ev, err)
+	}
+	var r fixtureResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		tp.t.Fatalf("invoke %s: bad reply %q: %v", target, out, err)
+	}
+	return r, meta
+}
+
+// rawInvoke posts to the invoke endpoint and returns status, headers and body.
+func (tp *testPlatform) rawInvoke(target string, body []byte) (int, http.Header, []byte) {
+	tp.t.Helper()
+	resp, err := http.Post(tp.url+"/v1/functions/"+target+"/invoke", "application/json", bytes.NewReader(body))
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+func errorCode(t *testing.T, body []byte) string {
+	t.Helper()
+	var eb api.ErrorBody
+	if err := json.Unmarshal(body, &eb); err != nil || eb.Error.Code == "" {
+		t.Fatalf("body %q is not the JSON error envelope", body)
+	}
+	return eb.Error.Code
+}
+
+func TestExamplesEndToEnd(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployDir("hello", built.hello, api.FunctionConfig{Runtime: api.RuntimeGo})
+	tp.deployDir("http-echo", built.echo, api.FunctionConfig{Runtime: api.RuntimeGo, Mode: api.ModeHTTP})
+	tp.deployDir("python-hello", built.python, api.FunctionConfig{Runtime: api.RuntimePython3, Handler: "handler.handle"})
+	tp.deployDir("node-hello", built.node, api.FunctionConfig{Runtime: api.RuntimeNodejs, Handler: "index.handler"})
+
+	tests := []struct {
+		fn   string
+		want string
+	}{
+		{"hello", `"Hello, x!"`},
+		{"python-hello", `Hello, x from Python!`},
+		{"node-hello", `x`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.fn, func(t *testing.T) {
+			for i := range 2 {
+				out, meta, err := tp.c.Invoke(context.Background(), tt.fn, []byte(`{"name":"x"}`))
+				if err != nil {
+					t.Fatalf("invoke: %v", err)
+				}
+				if !strings.Contains(string(out), tt.want) {
+					t.Fatalf("got %s, want it to contain %s", out, tt.want)
+				}
+				if meta.InvocationID == "" || meta.BilledDuration == "" {
+					t.Fatalf("missing invocation headers: %+v", meta)
+				}
+				if got, want := meta.ColdStart, i == 0; got != want {
+					t.Fatalf("call %d: cold start %v, want %v", i, got, want)
+				}
+			}
+		})
+	}
+	t.Run("http-echo", func(t *testing.T) {
+		resp, err := http.Post(tp.url+"/function/http-echo/some/path?q=1", "text/plain", strings.NewReader("ping"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("got %d %s, want 200", resp.StatusCode, b)
+		}
+		for _, want := range []string{"/some/path", "ping", "POST"} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("echo %s lacks %q", b, want)
+			}
+		}
+		if resp.Header.Get(api.HeaderInvocationID) == "" {
+			t.Error("no invocation id header")
+		}
+	})
+	t.Run("grpc", func(t *testing.T) {
+		conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		c := zfaasv1.NewFunctionsClient(conn)
+		resp, err := c.Invoke(context.Background(), &zfaasv1.InvokeRequest{Function: "hello", Payload: []byte(`{"name":"grpc"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(resp.Payload), "Hello, grpc!") || resp.InvocationId == "" || resp.Version != 1 {
+			t.Fatalf("got %+v", resp)
+		}
+		_, err = c.Invoke(context.Background(), &zfaasv1.InvokeRequest{Function: "nope"})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("unknown function: got %v, want NotFound", err)
+		}
+	})
+	t.Run("metrics", func(t *testing.T) {
+		resp, err := http.Get(tp.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{`zfaas_invocations_total{function="hello",outcome="ok",version="1"}`, `zfaas_cold_starts_total{function="hello"}`, "zfaas_invocation_duration_seconds_bucket", `zfaas_instances{function="hello"} 1`} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
+}
+
+func TestRestartPersistence(t *testing.T) {
+	dir := t.TempDir()
+	tp := startTest(t, dir, nil)
+	v := tp.deployFixture("persist", nil)
+	if _, err := tp.c.SetAlias(context.Background(), "persist", "live", v.Version, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	tp.stop()
+
+	tp2 := startTest(t, dir, nil)
+	f, err := tp2.c.Get(context.Background(), "persist")
+	if err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	if f.LatestVersion != 1 || f.Aliases["live"].Version != 1 {
+		t.Fatalf("after restart got %+v", f.Function)
+	}
+	if r, _ := tp2.invokeFixture("persist:live", map[string]any{"action": "whoami"}); r.UID != 65534 {
+		t.Fatalf("got uid %d, want 65534", r.UID)
+	}
+}
+
+func TestVersionsAndWeightedAlias(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	for _, ver := range []string{"one", "two"} {
+		tp.deployFixture("canary", func(c *api.FunctionConfig) { c.Env = map[string]string{"FIXTURE_VERSION": ver} })
+	}
+	vers, err := tp.c.Versions(context.Background(), "canary")
+	if err != nil || len(vers) != 2 {
+		t.Fatalf("versions: %v %v", vers, err)
+	}
+	if vers[0].PackageDigest != vers[1].PackageDigest {
+		t.Fatal("same bytes deployed twice got different digests")
+	}
+	for q, want := range map[string]string{"1": "one", "2": "two", "$LATEST": "two", "": "two"} {
+		target := "canary"
+		if q != "" {
+			target += ":" + q
+		}
+		if r, _ := tp.invokeFixture(target, nil); r.Version != want {
+			t.Errorf("%s ran %q, want %q", target, r.Version, want)
+		}
+	}
+	if _, err := tp.c.SetAlias(context.Background(), "canary", "prod", 1, 2, 0.3); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	two := 0
+	for range n {
+		r, meta := tp.invokeFixture("canary:prod", nil)
+		if r.Version == "two" {
+			two++
+			if meta.Version != "2" {
+				t.Fatalf("ran version two but header says %q", meta.Version)
+			}
+		}
+	}
+	// Binomial(300, 0.3): sd ≈ 0.026; ±0.1 is nearly 4 sd.
+	if share := float64(two) / n; share < 0.2 || share > 0.4 {
+		t.Fatalf("version 2 got %.2f of calls, want 0.3±0.1", share)
+	}
+	// An alias to a missing version is refused and changes nothing.
+	if _, err := tp.c.SetAlias(context.Background(), "canary", "prod", 9, 0, 0); !isAPIError(err, 404, "version_not_found") {
+		t.Fatalf("alias to version 9: got %v", err)
+	}
+	if err := tp.c.DeleteAlias(context.Background(), "canary", "prod"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, body := tp.rawInvoke("canary:prod", nil); code != 404 || errorCode(t, body) != "alias_not_found" {
+		t.Fatalf("deleted alias: got %d %s", code, body)
+	}
+}
+
+func isAPIError(err error, status int, code string) bool {
+	var ae *client.APIError
+	return errors.As(err, &ae) && ae.Status == status && ae.Code == code
+}
+
+func TestConcurrencyLimit(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("busy", func(c *api.FunctionConfig) { c.MaxConcurrency = 1 })
+	tp.invokeFixture("busy", nil) // warm
+	started := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		close(started)
+		tp.invokeFixture("busy", map[string]any{"action": "sleep", "millis": 2000})
+	}()
+	<-started
+	time.Sleep(300 * time.Millisecond)
+	code, hdr, body := tp.rawInvoke("busy", []byte(`{}`))
+	if code != http.StatusTooManyRequests || errorCode(t, body) != "too_many_requests" {
+		t.Fatalf("got %d %s, want 429 too_many_requests", code, body)
+	}
+	if hdr.Get(api.HeaderInvocationID) == "" {
+		t.Error("429 without an invocation id")
+	}
+	<-done
+	if r, _ := tp.invokeFixture("busy", nil); r.Instance == "" {
+		t.Fatal("no instance after the busy one freed")
+	}
+}
+
+func TestTimeoutKillsInstance(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("slow", func(c *api.FunctionConfig) { c.TimeoutSeconds = 1 })
+	first, _ := tp.invokeFixture("slow", nil)
+	t0 := time.Now()
+	code, _, body := tp.rawInvoke("slow", []byte(`{"action":"sleep","millis":5000}`))
+	if code != http.StatusGatewayTimeout || errorCode(t, body) != "function_timeout" {
+		t.Fatalf("got %d %s, want 504 function_timeout", code, body)
+	}
+	if d := time.Since(t0); d > 4*time.Second {
+		t.Fatalf("timeout took %s", d)
+	}
+	// The instance was killed: its process is gone and the next call is a
+	// cold start on a new instance.
+	if err := waitGone(first.PID, first.Instance); err != nil {
+		t.Fatal(err)
+	}
+	second, meta := tp.invokeFixture("slow", nil)
+	if !meta.ColdStart || second.Instance == first.Instance {
+		t.Fatalf("after timeout: cold=%v instance %s (was %s), want a new instance", meta.ColdStart, second.Instance, first.Instance)
+	}
+}
+
+// waitGone waits until no host process has ZFAAS_INSTANCE_ID=inst.
+func waitGone(_ int, inst string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if !instanceProcessExists(inst) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("instance %s still has processes", inst)
+}
+
+func instanceProcessExists(inst string) bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	needle := []byte("ZFAAS_INSTANCE_ID=" + inst + "\x00")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, needle) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestCrashReplacesInstance(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("crashy", nil)
+	first, _ := tp.invokeFixture("crashy", nil)
+	code, hdr, body := tp.rawInvoke("crashy", []byte(`{"action":"crash"}`))
+	var fe api.FunctionError
+	if code != http.StatusBadGateway || json.Unmarshal(body, &fe) != nil || fe.ErrorType != "Runtime.ExitError" {
+		t.Fatalf("got %d %s, want 502 Runtime.ExitError", code, body)
+	}
+	if hdr.Get(api.HeaderFunctionError) == "" {
+		t.Error("502 without the function error header")
+	}
+	second, meta := tp.invokeFixture("crashy", nil)
+	if !meta.ColdStart || second.Instance == first.Instance {
+		t.Fatalf("after crash: cold=%v instance %s (was %s)", meta.ColdStart, second.Instance, first.Instance)
+	}
+	// A handled function error is a 502 in Lambda's shape, and the instance
+	// stays warm.
+	code, _, body = tp.rawInvoke("crashy", []byte(`{"action":"fail"}`))
+	if code != http.StatusBadGateway || json.Unmarshal(body, &fe) != nil || fe.ErrorMessage != "failed on purpose" {
+		t.Fatalf("function error: got %d %s", code, body)
+	}
+	third, meta := tp.invokeFixture("crashy", nil)
+	if meta.ColdStart || third.Instance != second.Instance {
+		t.Fatal("a function error must not replace the instance")
+	}
+}
+
+func TestIsolationBetweenInstances(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("alice", nil)
+	tp.deployFixture("bob", nil)
+	a, _ := tp.invokeFixture("alice", map[string]any{"action": "write", "path": "/tmp/secret", "data": "alice's"})
+	if a.Err != "" {
+		t.Fatalf("alice cannot write her /tmp: %s", a.Err)
+	}
+	if r, _ := tp.invokeFixture("alice", map[string]any{"action": "read", "path": "/tmp/secret"}); r.Data != "alice's" {
+		t.Fatalf("alice lost her file: %+v", r)
+	}
+	if r, _ := tp.invokeFixture("bob", map[string]any{"action": "read", "path": "/tmp/secret"}); r.Exists {
+		t.Fatal("bob reads alice's /tmp file")
+	}
+	ps, _ := tp.invokeFixture("bob", map[string]any{"action": "ps"})
+	for _, pid := range ps.PIDs {
+		if pid == fmt.Sprint(a.PID) && a.PID != 1 && ps.PID != a.PID {
+			t.Fatalf("bob sees alice's pid %d", a.PID)
+		}
+	}
+	if len(ps.PIDs) > 3 {
+		t.Fatalf("bob sees %d processes (%v), want only his own", len(ps.PIDs), ps.PIDs)
+	}
+	for _, path := range []string{tp.dataDir, filepath.Join(tp.dataDir, "worker", "packages"), "/proc/1/root/" + tp.dataDir} {
+		if r, _ := tp.invokeFixture("bob", map[string]any{"action": "stat", "path": path}); r.Exists {
+			t.Errorf("bob can see %s", path)
+		}
+	}
+	if r, _ := tp.invokeFixture("bob", map[string]any{"action": "write", "path": "/var/task/x", "data": "x"}); r.Err == "" {
+		t.Error("bob can write to his read-only package")
+	}
+	if r, _ := tp.invokeFixture("bob", nil); r.UID != 65534 {
+		t.Errorf("bob runs as uid %d, want 65534", r.UID)
+	}
+}
+
+func TestFunctionLogs(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("chatty", nil)
+	_, meta := tp.invokeFixture("chatty", map[string]any{"action": "log", "data": "marker-42"})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var found *api.LogRecord
+		err := tp.c.Logs(context.Background(), "chatty", "1h", false, func(r api.LogRecord) {
+			if strings.Contains(r.Line, "marker-42") {
+				found = &r
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found != nil {
+			if found.InvocationID != meta.InvocationID {
+				t.Fatalf("log line attributed to %q, want %q", found.InvocationID, meta.InvocationID)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("log line never arrived")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// zipOf builds a zip with raw entries (name → content; a "->" content
+// prefix makes a symlink).
+func zipOf(t *testing.T, entries map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for name, content := range entries {
+		h := &zip.FileHeader{Name: name, Method: zip.Deflate}
+		if target, ok := strings.CutPrefix(content, "->"); ok {
+			h.SetMode(os.ModeSymlink | 0o777)
+			content = target
+		} else {
+			h.SetMode(0o755)
+		}
+		w, err := zw.CreateHeader(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(content))
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestDeployRefusals(t *testing.T) {
+	tp := startTest(t, t.TempDir(), func(c *upConfig) {
+		c.Packages.MaxCompressedBytes = 8 << 20 // the fixture is about 6.5 MiB
+		c.Packages.MaxUnpackedBytes = 32 << 20
+		c.Gateway.MaxPayloadBytes = 1 << 10
+	})
+	bomb := func() []byte {
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		w, _ := zw.Create("bootstrap")
+		w.Write(bytes.Repeat([]byte{0}, 64<<20))
+		zw.Close()
+		return buf.Bytes()
+	}()
+	big := make([]byte, 9<<20)
+	for i := range big {
+		big[i] = byte(i * 7919 >> 3)
+	}
+	goCfg := api.FunctionConfig{Runtime: api.RuntimeGo}
+	tests := []struct {
+		name   string
+		pkg    []byte
+		cfg    api.FunctionConfig
+		status int
+		code   string
+	}{
+		{"traversal", zipOf(t, map[string]string{"bootstrap": "x", "../evil": "x"}), goCfg, 422, "package_unsafe_path"},
+		{"absolute", zipOf(t, map[string]string{"bootstrap": "x", "/etc/evil": "x"}), goCfg, 422, "package_unsafe_path"},
+		{"symlink-escape", zipOf(t, map[string]string{"bootstrap": "x", "link": "->../../etc/passwd"}), goCfg, 422, "package_unsafe_symlink"},
+		{"bomb", bomb, goCfg, 422, ""},
+		{"too-large", big, goCfg, 413, "package_too_large"},
+		{"not-an-archive", []byte("hello, not a zip"), goCfg, 400, "package_invalid"},
+		{"missing-handler", zipOf(t, map[string]string{"main": "x"}), goCfg, 400, "bad_request"},
+		{"bad-runtime", zipOf(t, map[string]string{"bootstrap": "x"}), api.FunctionConfig{Runtime: "cobol"}, 400, "bad_request"},
+		{"bad-memory", zipOf(t, map[string]string{"bootstrap": "x"}), api.FunctionConfig{Runtime: api.RuntimeGo, MemoryMB: 1}, 400, "bad_request"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tp.c.Deploy(context.Background(), "refused-"+tt.name, client.DeployRequest{FunctionConfig: tt.cfg}, bytes.NewReader(tt.pkg), "pkg.zip")
+			var ae *client.APIError
+			if !errors.As(err, &ae) {
+				t.Fatalf("got %v, want an API error", err)
+			}
+			if ae.Status != tt.status || (tt.code != "" && ae.Code != tt.code) || ae.Message == "" {
+				t.Fatalf("got %d %s %q, want %d %s", ae.Status, ae.Code, ae.Message, tt.status, tt.code)
+			}
+			if _, err := tp.c.Get(context.Background(), "refused-"+tt.name); !isAPIError(err, 404, "function_not_found") {
+				t.Fatalf("after a refused deploy the function exists: %v", err)
+			}
+		})
+	}
+	// Nothing was stored: the package store is empty.
+	names, err := tp.p.store.PackageDigests(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 0 {
+		t.Fatalf("refused deploys stored packages: %v", names)
+	}
+	t.Run("request-errors", func(t *testing.T) {
+		tp.deployFixture("ok", nil)
+		cases := []struct {
+			target string
+			body   []byte
+			status int
+			code   string
+		}{
+			{"nope", nil, 404, "function_not_found"},
+			{"ok:7", nil, 404, "version_not_found"},
+			{"ok:nosuch", nil, 404, "alias_not_found"},
+			{"ok", bytes.Repeat([]byte("x"), 2<<10), 413, "payload_too_large"},
+		}
+		for _, c := range cases {
+			code, _, body := tp.rawInvoke(c.target, c.body)
+			if code != c.status || errorCode(t, body) != c.code {
+				t.Errorf("%s: got %d %s, want %d %s", c.target, code, body, c.status, c.code)
+			}
+		}
+		resp, err := http.Post(tp.url+"/v1/functions/ok/versions", "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode/100 != 4 {
+			t.Errorf("deploy without multipart: got %d %s", resp.StatusCode, b)
+		}
+		errorCode(t, b)
+		req, _ := http.NewRequest(http.MethodPatch, tp.url+"/v1/functions/ok", nil)
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 405 || errorCode(t, b) != "method_not_allowed" {
+			t.Errorf("PATCH: got %d %s", resp.StatusCode, b)
+		}
+	})
+}
+
+func TestDeleteFunction(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("gone", nil)
+	first, _ := tp.invokeFixture("gone", nil)
+	if err := tp.c.Delete(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, body := tp.rawInvoke("gone", nil); code != 404 || errorCode(t, body) != "function_not_found" {
+		t.Fatalf("got %d %s", code, body)
+	}
+	if err := waitGone(first.PID, first.Instance); err != nil {
+		t.Fatalf("deleted function's idle instance: %v", err)
+	}
+	// The name can be reused; numbering starts again.
+	if v := tp.deployFixture("gone", nil); v.Version != 1 {
+		t.Fatalf("redeploy got version %d, want 1", v.Version)
+	}
+}

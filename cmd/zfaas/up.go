@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/gateway"
+	"github.com/zfaas/zfaas/runtime/sandbox/process"
+	"github.com/zfaas/zfaas/runtime/worker"
+	"github.com/zfaas/zfaas/store"
+)
+
+func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
+	cfg := defaultUpConfig(getenv)
+	fs := newFlagSet("zfaas up", "zfaas up [--config FILE] [flags]", stderr)
+	configPath := fs.String("config", getenv("ZFAAS_CONFIG"), "YAML configuration file (env ZFAAS_CONFIG)")
+	dataDir := fs.String("data-dir", "", "data directory (default "+cfg.DataDir+")")
+	listen := fs.String("listen", "", "gateway HTTP address (default "+cfg.Gateway.Listen+")")
+	grpcListen := fs.String("grpc-listen", "", "gateway gRPC address (default "+cfg.Gateway.GRPCListen+")")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error")
+	examples := fs.String("deploy-examples", "", "deploy every function directory (with a zfaas.yaml) under DIR once the platform is up")
+	clientCfg := fs.String("client-config", "", "where to write the CLI's config (default the user config dir; \"-\" to skip)")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return flagErr(err)
+	}
+	if *configPath != "" {
+		if err := loadConfigFile(*configPath, &cfg); err != nil {
+			return err
+		}
+	}
+	for dst, v := range map[*string]string{&cfg.DataDir: *dataDir, &cfg.Gateway.Listen: *listen, &cfg.Gateway.GRPCListen: *grpcListen, &cfg.LogLevel: *logLevel} {
+		if v != "" {
+			*dst = v
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	p, err := startPlatform(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	gwURL := "http://" + p.httpAddr
+	if *clientCfg != "-" {
+		path, err := writeClientConfig(*clientCfg, getenv, clientConfig{Gateway: gwURL})
+		if err != nil {
+			log.Warn("could not write the CLI config", "err", err)
+		} else {
+			log.Info("wrote CLI config", "path", path)
+		}
+	}
+	fmt.Fprintf(stdout, "zfaas is up: gateway %s, gRPC %s, data in %s\n", gwURL, p.grpcAddr, cfg.DataDir)
+	tasks := []task{p.run}
+	if *examples != "" {
+		tasks = append(tasks, func(ctx context.Context) error {
+			if err := deployExamples(ctx, gwURL, *examples, stdout); err != nil {
+				return fmt.Errorf("deploy examples: %w", err)
+			}
+			<-ctx.Done()
+			return nil
+		})
+	}
+	err = runTasks(ctx, tasks...)
+	closeCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if cerr := p.close(closeCtx); cerr != nil {
+		log.Warn("shutdown", "err", cerr)
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// platform is the all-in-one composition root: embedded NATS, gateway and
+// one local worker.
+type platform struct {
+	cfg      upConfig
+	log      *slog.Logger
+	store    *store.Store
+	worker   *worker.Worker
+	gateway  *gateway.Gateway
+	httpLn   net.Listener
+	grpcLn   net.Listener
+	httpSrv  *http.Server
+	grpcSrv  *grpc.Server
+	httpAddr string
+	grpcAddr string
+	cancel   context.CancelFunc
+	once     sync.Once
+}
+
+// startPlatform builds every component in order and opens the listeners;
+// run serves them.
+func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *platform, err error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p := &platform{cfg: cfg, log: log, cancel: cancel}
+	defer func() {
+		if err != nil {
+			closeCtx, c := context.WithTimeout(context.Background(), 10*time.Second)
+			defer c()
+			p.close(closeCtx)
+		}
+	}()
+	p.store, err = store.Open(ctx, store.Config{
+		DataDir:  filepath.Join(cfg.DataDir, "nats"),
+		URL:      cfg.Store.URL,
+		Replicas: cfg.Store.Replicas,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	log.Warn("sandbox driver \"process\": instances are isolated by namespaces, cgroups and seccomp, not by a virtual machine (development isolation)")
+	driver, err := process.New(process.Config{
+		StateDir: filepath.Join(cfg.DataDir, "sandbox"),
+		UID:      cfg.Worker.UID,
+		GID:      cfg.Worker.GID,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The gateway and the worker need each other (invoker; log sink and
+	// observer), so the worker is bound through a small late-bound shim.
+	shim := &lateInvoker{}
+	p.gateway, err = gateway.New(bg, gateway.Config{
+		Store:                 p.store,
+		Invoker:               shim,
+		Logger:                log,
+		Tenant:                cfg.Tenant,
+		MaxPayloadBytes:       cfg.Gateway.MaxPayloadBytes,
+		Archive:               cfg.archiveLimits(),
+		DefaultMaxConcurrency: cfg.Gateway.DefaultMaxConcurrency,
+		WaitBudget:            cfg.Gateway.WaitBudget,
+		TempDir:               filepath.Join(cfg.DataDir, "tmp"),
+		Registerer:            reg,
+		LogRetention:          cfg.Gateway.LogRetention,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o700); err != nil {
+		return nil, err
+	}
+	p.worker, err = worker.New(worker.Config{
+		DataDir:          filepath.Join(cfg.DataDir, "worker"),
+		Driver:           driver,
+		Packages:         p.store,
+		ArchiveLimits:    cfg.archiveLimits(),
+		IdleTimeout:      cfg.Worker.IdleTimeout,
+		InitTimeout:      cfg.Worker.InitTimeout,
+		MaxResponseBytes: cfg.Worker.MaxResponseBytes,
+		Logs:             p.gateway.LogSink(),
+		Observer:         p.gateway.Observer(),
+		Logger:           log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	shim.w = p.worker
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", p.gateway)
+	p.httpSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	p.httpLn, err = net.Listen("tcp", cfg.Gateway.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("gateway listen: %w", err)
+	}
+	p.httpAddr = p.httpLn.Addr().String()
+	if cfg.Gateway.GRPCListen != "" {
+		p.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()), grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
+		p.gateway.RegisterGRPC(p.grpcSrv)
+		p.grpcLn, err = net.Listen("tcp", cfg.Gateway.GRPCListen)
+		if err != nil {
+			return nil, fmt.Errorf("gateway grpc listen: %w", err)
+		}
+		p.grpcAddr = p.grpcLn.Addr().String()
+	}
+	log.Info("platform ready", "gateway", p.httpAddr, "grpc", p.grpcAddr, "data_dir", cfg.DataDir)
+	return p, nil
+}
+
+// run serves until ctx ends or a server fails.
+func (p *platform) run(ctx context.Context) error {
+	tasks := []task{
+		func(ctx context.Context) error {
+			go func() { <-ctx.Done(); p.shutdownHTTP() }()
+			if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("gateway http: %w", err)
+			}
+			return ctx.Err()
+		},
+	}
+	if p.grpcSrv != nil {
+		tasks = append(tasks, func(ctx context.Context) error {
+			go func() { <-ctx.Done(); p.grpcSrv.GracefulStop() }()
+			if err := p.grpcSrv.Serve(p.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("gateway grpc: %w", err)
+			}
+			return ctx.Err()
+		})
+	}
+	return runTasks(ctx, tasks...)
+}
+
+func (p *platform) shutdownHTTP() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = p.httpSrv.Shutdown(ctx)
+}
+
+// close stops accepting, drains, stops instances and the store.
+func (p *platform) close(ctx context.Context) error {
+	var errs []error
+	p.once.Do(func() {
+		if p.httpSrv != nil {
+			_ = p.httpSrv.Shutdown(ctx)
+		} else if p.httpLn != nil {
+			p.httpLn.Close()
+		}
+		if p.grpcSrv != nil {
+			p.grpcSrv.Stop()
+		} else if p.grpcLn != nil {
+			p.grpcLn.Close()
+		}
+		if p.worker != nil {
+			errs = append(errs, p.worker.Close(ctx))
+		}
+		p.cancel()
+		if p.store != nil {
+			errs = append(errs, p.store.Close())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// lateInvoker forwards to the worker once it is built.
+type lateInvoker struct{ w *worker.Worker }
+
+func (l *lateInvoker) Invoke(ctx context.Context, inv api.Invocation) (*api.InvocationResult, error) {
+	return l.w.Invoke(ctx, inv)
+}
+
+func (l *lateInvoker) Evict(v api.Version) { l.w.Evict(v) }
+
+// task is one long-running part of a role.
+type task func(ctx context.Context) error
+
+// runTasks runs tasks until the first returns; it cancels the rest, waits
+// for them and returns the first error. A panicking task is an error.
+func runTasks(ctx context.Context, tasks ...task) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(tasks))
+	for _, t := range tasks {
+		go func() {
+			defer func() {
+				if r := recover(); r != nil {
+					errc <- fmt.Errorf("panic: %v\n%s", r, strings.TrimSpace(string(debug.Stack())))
+				}
+			}()
+			errc <- t(ctx)
+		}()
+	}
+	err := <-errc
+	cancel()
+	for range len(tasks) - 1 {
+		<-errc
+	}
+	return err
+}

@@ -1,0 +1,6 @@
+'use strict';
+exports.handler = async (event, context) => ({
+  message: `Hello, ${event.name}!`,
+  requestId: context.awsRequestId,
+  remainingMs: context.getRemainingTimeInMillis(),
+});

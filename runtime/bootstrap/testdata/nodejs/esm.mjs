@@ -1,0 +1,6 @@
+// An ES module handler.
+export const handler = async (event, context) => ({
+  message: `Hello, ${event.name}!`,
+  requestId: context.awsRequestId,
+  remainingMs: context.getRemainingTimeInMillis(),
+});

@@ -1,0 +1,2 @@
+'use strict';
+throw new Error('cannot start: missing configuration');

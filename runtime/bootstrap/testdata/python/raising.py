@@ -1,0 +1,1 @@
+raise RuntimeError("cannot start: missing configuration")

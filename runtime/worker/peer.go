@@ -1,0 +1,106 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// errPeerNotInInstance is returned when the process on the other end of a
+// loopback TCP connection does not belong to the expected instance.
+var errPeerNotInInstance = errors.New("peer does not belong to the instance")
+
+// checkLoopbackPeer verifies that the socket at the other end of conn (a
+// loopback TCP connection) is held by a process in the cgroup v2 directory
+// cgroupDir. It finds the peer socket's inode in /proc/net/tcp{,6} and then
+// looks for that inode among the file descriptors of the cgroup's processes.
+//
+// This is how the worker keeps one instance from talking to another
+// instance's Runtime API or impersonating its HTTP server: without network
+// namespaces, loopback ports are shared, but sockets are owned.
+func checkLoopbackPeer(conn net.Conn, cgroupDir string) error {
+	local, err1 := netip.ParseAddrPort(conn.LocalAddr().String())
+	remote, err2 := netip.ParseAddrPort(conn.RemoteAddr().String())
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%w: not a TCP connection", errPeerNotInInstance)
+	}
+	// The peer's socket has local=our remote and remote=our local.
+	inode, err := findSocketInode(remote, local)
+	if err != nil {
+		return err
+	}
+	procs, err := os.ReadFile(filepath.Join(cgroupDir, "cgroup.procs"))
+	if err != nil {
+		return fmt.Errorf("read instance processes: %w", err)
+	}
+	want := "socket:[" + inode + "]"
+	for _, pid := range strings.Fields(string(procs)) {
+		fdDir := filepath.Join("/proc", pid, "fd")
+		ents, err := os.ReadDir(fdDir)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		for _, e := range ents {
+			if l, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && l == want {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%w: socket %s held outside %s", errPeerNotInInstance, inode, cgroupDir)
+}
+
+// findSocketInode returns the inode of the TCP socket whose local address is
+// loc and remote address is rem.
+func findSocketInode(loc, rem netip.AddrPort) (string, error) {
+	file := "/proc/net/tcp"
+	if loc.Addr().Is6() && !loc.Addr().Is4In6() {
+		file = "/proc/net/tcp6"
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("read sockets: %w", err)
+	}
+	defer f.Close()
+	wantLoc, wantRem := procNetAddr(loc), procNetAddr(rem)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		fields := bytes.Fields(sc.Bytes())
+		if len(fields) < 10 {
+			continue
+		}
+		if string(fields[1]) == wantLoc && string(fields[2]) == wantRem {
+			return string(fields[9]), nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read sockets: %w", err)
+	}
+	return "", fmt.Errorf("%w: no socket %s -> %s", errPeerNotInInstance, loc, rem)
+}
+
+// procNetAddr formats an address the way /proc/net/tcp does: the IPv4 address
+// as a little-endian 32-bit hex word, then the port in hex.
+func procNetAddr(ap netip.AddrPort) string {
+	a := ap.Addr().Unmap()
+	var hexAddr string
+	if a.Is4() {
+		b := a.As4()
+		hexAddr = strings.ToUpper(hex.EncodeToString([]byte{b[3], b[2], b[1], b[0]}))
+	} else {
+		b := a.As16()
+		var out []byte
+		for i := 0; i < 16; i += 4 {
+			out = append(out, b[i+3], b[i+2], b[i+1], b[i])
+		}
+		hexAddr = strings.ToUpper(hex.EncodeToString(out))
+	}
+	return hexAddr + ":" + fmt.Sprintf("%04X", ap.Port())
+}

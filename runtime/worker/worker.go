@@ -1,0 +1,310 @@
+// Package worker runs function invocations on this machine: it fetches and
+// unpacks function packages, starts sandboxed instances through a
+// sandbox.Driver, keeps them warm in a pool, and drives each invocation
+// through the AWS Lambda Runtime API or by proxying HTTP.
+//
+// A worker never reuses an instance that timed out or crashed, and never
+// lets one instance talk to another's Runtime API (peers are checked by
+// socket ownership).
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/runtime/archive"
+	"github.com/zfaas/zfaas/runtime/bootstrap"
+	"github.com/zfaas/zfaas/runtime/pool"
+	"github.com/zfaas/zfaas/runtime/sandbox"
+)
+
+// ErrNoCapacity and the other errors Invoke returns are the api package's
+// (api.ErrNoCapacity, api.ErrTimeout, api.ErrCrashed, api.ErrInit,
+// api.ErrResponseTooLarge), so callers need not import this package.
+
+// PackageSource reads function packages by digest.
+type PackageSource interface {
+	OpenPackage(ctx context.Context, digest string) (io.ReadCloser, error)
+}
+
+// LogSink receives function output. Log must not block for long.
+type LogSink interface {
+	Log(rec api.LogRecord)
+}
+
+// Observer receives lifecycle events for metrics. All methods must be cheap.
+type Observer interface {
+	InstanceStarted(fn string, cold time.Duration)
+	InstanceStopped(fn string, reason string)
+}
+
+// Config configures a Worker.
+type Config struct {
+	// DataDir holds unpacked packages and runtime bootstraps (created 0700).
+	DataDir string
+	// Driver starts sandboxes.
+	Driver sandbox.Driver
+	// Packages reads packages by digest.
+	Packages PackageSource
+	// ArchiveLimits bound package extraction; default archive.DefaultLimits().
+	ArchiveLimits archive.Limits
+	// IdleTimeout is how long a warm instance is kept idle; default 10 min.
+	IdleTimeout time.Duration
+	// InitTimeout bounds an instance's start until it is ready; default 10 s.
+	InitTimeout time.Duration
+	// MaxResponseBytes caps a function's response; default 6 MiB.
+	MaxResponseBytes int64
+	// Logs receives function output; optional.
+	Logs LogSink
+	// Observer receives lifecycle events; optional.
+	Observer Observer
+	// Logger is the worker's own log; default discards.
+	Logger *slog.Logger
+	// Python3 and Node are the interpreters used for those runtimes;
+	// defaults /usr/bin/python3 and /usr/bin/node. They must lie under a
+	// directory the sandbox mounts (/usr, /bin).
+	Python3, Node string
+}
+
+// Worker runs invocations. It is safe for concurrent use.
+type Worker struct {
+	cfg     Config
+	log     *slog.Logger
+	pool    *pool.Pool
+	rtDir   string
+	pkgDir  string
+	unpackM sync.Mutex
+	unpack  map[string]*unpackCall
+}
+
+type unpackCall struct {
+	done chan struct{}
+	err  error
+}
+
+// New prepares the data directory and returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	if cfg.DataDir == "" || cfg.Driver == nil || cfg.Packages == nil {
+		return nil, errors.New("worker: DataDir, Driver and Packages are required")
+	}
+	if cfg.ArchiveLimits == (archive.Limits{}) {
+		cfg.ArchiveLimits = archive.DefaultLimits()
+	}
+	if cfg.InitTimeout <= 0 {
+		cfg.InitTimeout = 10 * time.Second
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = 6 << 20
+	}
+	if cfg.Python3 == "" {
+		cfg.Python3 = "/usr/bin/python3"
+	}
+	if cfg.Node == "" {
+		cfg.Node = "/usr/bin/node"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "worker")
+	w := &Worker{
+		cfg:    cfg,
+		log:    log,
+		rtDir:  filepath.Join(cfg.DataDir, "runtime"),
+		pkgDir: filepath.Join(cfg.DataDir, "packages"),
+		unpack: map[string]*unpackCall{},
+	}
+	for _, d := range []string{cfg.DataDir, w.pkgDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("worker: create %s: %w", d, err)
+		}
+	}
+	// Bootstraps are rewritten on every start so an upgrade takes effect.
+	tmp, err := os.MkdirTemp(cfg.DataDir, ".runtime-")
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	if err := bootstrap.WriteTo(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("worker: write bootstraps: %w", err)
+	}
+	os.RemoveAll(w.rtDir)
+	if err := os.Rename(tmp, w.rtDir); err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("worker: install bootstraps: %w", err)
+	}
+	w.pool = pool.New(pool.Config{
+		IdleTimeout: cfg.IdleTimeout,
+		Logger:      log,
+		OnStop: func(key, reason string) {
+			if cfg.Observer != nil {
+				cfg.Observer.InstanceStopped(fnOfKey(key), reason)
+			}
+		},
+	})
+	return w, nil
+}
+
+// Close stops every instance.
+func (w *Worker) Close(ctx context.Context) error { return w.pool.Close(ctx) }
+
+func poolKey(v api.Version) string {
+	return v.Tenant + "/" + v.Function + "/" + strconv.FormatInt(v.Version, 10)
+}
+
+func fnOfKey(key string) string {
+	parts := bytes.SplitN([]byte(key), []byte("/"), 3)
+	if len(parts) < 2 {
+		return key
+	}
+	return string(parts[1])
+}
+
+// Evict stops idle instances of a function version (e.g. it was deleted).
+func (w *Worker) Evict(v api.Version) { w.pool.Evict(poolKey(v)) }
+
+// Invoke runs one invocation. Errors wrap api.ErrNoCapacity, api.ErrTimeout,
+// api.ErrCrashed, api.ErrInit or api.ErrResponseTooLarge, or report a
+// platform failure.
+// A function error is not an error: it is InvocationResult.FuncErr.
+func (w *Worker) Invoke(ctx context.Context, req api.Invocation) (*api.InvocationResult, error) {
+	waitCtx, cancelWait := context.WithTimeout(ctx, req.WaitBudget)
+	defer cancelWait()
+	var initDur time.Duration
+	lease, err := w.pool.Acquire(waitCtx, poolKey(req.Version), req.MaxConcurrency, func(context.Context) (pool.Instance, error) {
+		// A cold start is bounded by the init timeout, not the wait budget,
+		// and ends when the caller goes away.
+		t0 := time.Now()
+		inst, err := w.start(ctx, req.Version)
+		initDur = time.Since(t0)
+		if err == nil && w.cfg.Observer != nil {
+			w.cfg.Observer.InstanceStarted(req.Version.Function, initDur)
+		}
+		return inst, err
+	})
+	if errors.Is(err, pool.ErrNoCapacity) {
+		return nil, fmt.Errorf("%w: %w", api.ErrNoCapacity, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	inst := lease.Instance().(*instance)
+	resp, err := inst.invoke(ctx, req, w.cfg.MaxResponseBytes)
+	if err != nil {
+		reason := "error"
+		switch {
+		case errors.Is(err, api.ErrTimeout):
+			reason = "timeout"
+		case errors.Is(err, api.ErrCrashed):
+			reason = "crashed"
+		case errors.Is(err, context.Canceled):
+			reason = "canceled"
+		}
+		lease.Discard(reason)
+		return nil, err
+	}
+	lease.Release()
+	resp.ColdStart = lease.Cold
+	if lease.Cold {
+		resp.InitDuration = initDur
+	}
+	resp.InstanceID = inst.id
+	return resp, nil
+}
+
+// ensurePackage unpacks a package once into the cache and returns its dir.
+func (w *Worker) ensurePackage(ctx context.Context, digest string) (string, error) {
+	hexDigest, ok := digestHex(digest)
+	if !ok {
+		return "", fmt.Errorf("bad package digest %q", digest)
+	}
+	dir := filepath.Join(w.pkgDir, hexDigest)
+	for {
+		if _, err := os.Stat(dir); err == nil {
+			return dir, nil
+		}
+		w.unpackM.Lock()
+		c := w.unpack[hexDigest]
+		if c == nil {
+			c = &unpackCall{done: make(chan struct{})}
+			w.unpack[hexDigest] = c
+			w.unpackM.Unlock()
+			c.err = w.unpackPackage(ctx, digest, dir)
+			w.unpackM.Lock()
+			delete(w.unpack, hexDigest)
+			w.unpackM.Unlock()
+			close(c.done)
+			return dir, c.err
+		}
+		w.unpackM.Unlock()
+		select {
+		case <-c.done:
+			if c.err != nil {
+				return "", c.err
+			}
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+func digestHex(d string) (string, bool) {
+	const p = "sha256:"
+	if len(d) != len(p)+64 || d[:len(p)] != p {
+		return "", false
+	}
+	for _, c := range d[len(p):] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", false
+		}
+	}
+	return d[len(p):], true
+}
+
+func (w *Worker) unpackPackage(ctx context.Context, digest, dir string) error {
+	rc, err := w.cfg.Packages.OpenPackage(ctx, digest)
+	if err != nil {
+		return fmt.Errorf("fetch package %s: %w", digest, err)
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(w.pkgDir, ".pkg-*.archive")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	n, err := io.Copy(f, io.LimitReader(rc, w.cfg.ArchiveLimits.MaxCompressed+1))
+	if err != nil {
+		return fmt.Errorf("fetch package %s: %w", digest, err)
+	}
+	tmpDir, err := os.MkdirTemp(w.pkgDir, ".unpack-")
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(tmpDir, 0o755); err != nil {
+		os.RemoveAll(tmpDir)
+		return err
+	}
+	if _, err := archive.Extract(ctx, f, n, tmpDir, w.cfg.ArchiveLimits); err != nil {
+		os.RemoveAll(tmpDir)
+		return fmt.Errorf("unpack package %s: %w", digest, err)
+	}
+	if err := os.Rename(tmpDir, dir); err != nil {
+		os.RemoveAll(tmpDir)
+		return fmt.Errorf("install package %s: %w", digest, err)
+	}
+	return nil
+}

@@ -5,6 +5,7 @@ BIN := bin
 EXAMPLES_OUT := build/examples
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
+PREFIX ?= /usr/local
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
@@ -45,8 +46,13 @@ examples: ## Build the example functions into build/examples
 	done
 	@echo "examples built in $(EXAMPLES_OUT)"
 
+.PHONY: install
+install: build ## Link bin/zfaas into $(PREFIX)/bin so `zfaas` is on PATH (default PREFIX=/usr/local)
+	@mkdir -p $(PREFIX)/bin && ln -sf $(CURDIR)/$(BIN)/zfaas $(PREFIX)/bin/zfaas && echo "linked $(PREFIX)/bin/zfaas -> $(CURDIR)/$(BIN)/zfaas"
+
 .PHONY: run
-run: deps build examples ## Start the all-in-one platform and deploy the examples
+run: deps build examples ## Start the all-in-one platform and deploy the examples (links zfaas onto PATH)
+	@if [ -w $(PREFIX)/bin ]; then $(MAKE) --no-print-directory install; else echo "note: $(PREFIX)/bin not writable; use $(CURDIR)/$(BIN)/zfaas"; fi
 	$(BIN)/zfaas up --deploy-examples $(EXAMPLES_OUT)
 
 .PHONY: demo

@@ -77,6 +77,9 @@ var reservedEnv = map[string]bool{
 	"LAMBDA_TASK_ROOT": true, "AWS_LAMBDA_FUNCTION_NAME": true,
 	"AWS_LAMBDA_FUNCTION_VERSION": true, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": true,
 	"SPIFFE_ENDPOINT_SOCKET": true, "PATH": true, "HOME": true,
+	"AWS_LAMBDA_LOG_GROUP_NAME": true, "AWS_LAMBDA_LOG_STREAM_NAME": true,
+	"AWS_LAMBDA_INITIALIZATION_TYPE": true, "LAMBDA_RUNTIME_DIR": true,
+	"ZFAAS_TENANT": true, "ZFAAS_INSTANCE_ID": true, "TMPDIR": true,
 }
 
 // Normalize fills defaults and validates c. It returns a descriptive error

@@ -53,7 +53,7 @@ type Config struct {
 	// (50 MiB compressed, 250 MiB unpacked).
 	Archive archive.Limits
 	// DefaultMaxConcurrency applies to functions deployed without one;
-	// default 10.
+	// default 32.
 	DefaultMaxConcurrency int
 	// WaitBudget is how long an invocation waits for a free instance before
 	// 429; default 1 s.
@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Archive = archive.DefaultLimits()
 	}
 	if cfg.DefaultMaxConcurrency <= 0 {
-		cfg.DefaultMaxConcurrency = 10
+		cfg.DefaultMaxConcurrency = 32
 	}
 	if cfg.WaitBudget <= 0 {
 		cfg.WaitBudget = time.Second

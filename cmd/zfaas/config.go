@@ -76,7 +76,7 @@ func defaultUpConfig(getenv env) upConfig {
 			GRPCListen:            "127.0.0.1:9090",
 			MaxPayloadBytes:       6 << 20,
 			WaitBudget:            time.Second,
-			DefaultMaxConcurrency: 10,
+			DefaultMaxConcurrency: 32,
 			LogRetention:          24 * time.Hour,
 		},
 		Worker: workerConfig{

@@ -214,7 +214,7 @@ func TestBodyLimits(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newServer(t, Config{MaxResponseBytes: limit})
 			ch, _, _ := deliver(t, s, Event{RequestID: "b", Payload: []byte(`{}`)})
-			var body io.Reader = io.LimitReader(zeros{}, tt.size)
+			body := io.LimitReader(zeros{}, tt.size)
 			if tt.chunked {
 				body = struct{ io.Reader }{body} // hide the length
 			}

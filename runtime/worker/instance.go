@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,6 +107,11 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 		"AWS_LAMBDA_FUNCTION_NAME=" + v.Function,
 		"AWS_LAMBDA_FUNCTION_VERSION=" + strconv.FormatInt(v.Version, 10),
 		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=" + strconv.Itoa(v.Config.MemoryMB),
+		// Runtime clients such as Rust's lambda_runtime refuse to start
+		// without the log names, so they are set as Lambda sets them.
+		"AWS_LAMBDA_LOG_GROUP_NAME=/zfaas/" + v.Tenant + "/" + v.Function,
+		"AWS_LAMBDA_LOG_STREAM_NAME=" + time.Now().UTC().Format("2006/01/02") + "/[" + strconv.FormatInt(v.Version, 10) + "]" + inst.id,
+		"AWS_LAMBDA_INITIALIZATION_TYPE=on-demand",
 		"ZFAAS_TENANT=" + v.Tenant,
 		"ZFAAS_INSTANCE_ID=" + inst.id,
 		"_HANDLER=" + v.Config.Handler,
@@ -113,6 +119,13 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	if v.Config.Runtime == api.RuntimePython3 {
 		env = append(env, "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1")
 	}
+	// The function's own variables win over zfaas's defaults (LANG, TZ, …);
+	// reserved names were refused at deploy.
+	env = slices.DeleteFunc(env, func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		_, own := v.Config.Env[k]
+		return own
+	})
 	for k, val := range v.Config.Env {
 		env = append(env, k+"="+val)
 	}

@@ -11,11 +11,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // errPeerNotInInstance is returned when the process on the other end of a
 // loopback TCP connection does not belong to the expected instance.
 var errPeerNotInInstance = errors.New("peer does not belong to the instance")
+
+// acceptWait bounds how long a peer may leave a new connection unaccepted.
+const acceptWait = 2 * time.Second
 
 // checkLoopbackPeer verifies that the socket at the other end of conn (a
 // loopback TCP connection) is held by a process in the cgroup v2 directory
@@ -31,10 +35,24 @@ func checkLoopbackPeer(conn net.Conn, cgroupDir string) error {
 	if err1 != nil || err2 != nil {
 		return fmt.Errorf("%w: not a TCP connection", errPeerNotInInstance)
 	}
-	// The peer's socket has local=our remote and remote=our local.
-	inode, err := findSocketInode(remote, local)
-	if err != nil {
-		return err
+	// The peer's socket has local=our remote and remote=our local. A
+	// connection still in the peer's accept queue has no file yet (inode
+	// 0), so wait briefly for the peer to accept it.
+	var inode string
+	var err error
+	for wait, waited := 100*time.Microsecond, time.Duration(0); ; wait *= 2 {
+		inode, err = findSocketInode(remote, local)
+		if err != nil {
+			return err
+		}
+		if inode != "0" {
+			break
+		}
+		if waited > acceptWait {
+			return fmt.Errorf("%w: connection not accepted within %s", errPeerNotInInstance, acceptWait)
+		}
+		time.Sleep(wait)
+		waited += wait
 	}
 	procs, err := os.ReadFile(filepath.Join(cgroupDir, "cgroup.procs"))
 	if err != nil {

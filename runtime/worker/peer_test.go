@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestProcNetAddr(t *testing.T) {
+	tests := []struct {
+		in   string
+		want string
+	}{
+		{"127.0.0.1:8080", "0100007F:1F90"},
+		{"10.1.2.3:1", "0302010A:0001"},
+		{"[::1]:443", "00000000000000000000000001000000:01BB"},
+	}
+	for _, tt := range tests {
+		if got := procNetAddr(netip.MustParseAddrPort(tt.in)); got != tt.want {
+			t.Errorf("procNetAddr(%s) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestCheckLoopbackPeer: a connection whose peer socket is held by this
+// process passes when this process is listed in the cgroup file, and fails
+// when it is not.
+func TestCheckLoopbackPeer(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server := <-accepted
+	defer server.Close()
+
+	fakeCgroup := func(pids string) string {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(pids), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	self := fakeCgroup(strconv.Itoa(os.Getpid()) + "\n")
+	other := fakeCgroup("999999999\n")
+	// Seen from the server: the peer is the client socket, held by us.
+	if err := checkLoopbackPeer(server, self); err != nil {
+		t.Fatalf("own peer refused: %v", err)
+	}
+	if err := checkLoopbackPeer(server, other); !errors.Is(err, errPeerNotInInstance) {
+		t.Fatalf("foreign peer: got %v, want errPeerNotInInstance", err)
+	}
+	// Seen from the client (HTTP mode): the peer is the accepted socket.
+	if err := checkLoopbackPeer(client, self); err != nil {
+		t.Fatalf("own accepted peer refused: %v", err)
+	}
+}
+
+
+// TestCheckLoopbackPeerWaitsForAccept: a connection still in the listener's
+// accept queue has no owner yet; the check waits for the accept.
+func TestCheckLoopbackPeerWaitsForAccept(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			time.Sleep(time.Second)
+		}
+	}()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkLoopbackPeer(client, dir); err != nil {
+		t.Fatalf("got %v, want the check to wait for the accept", err)
+	}
+}

@@ -11,11 +11,12 @@ type Runtime string
 
 // Supported runtimes.
 const (
-	// RuntimeProvided runs an executable named by the handler (default
-	// "bootstrap") that speaks the Lambda Runtime API or serves HTTP.
+	// RuntimeProvided runs the package's "bootstrap" executable, as Lambda's
+	// custom runtimes do; the handler is free-form and only passed on in
+	// $_HANDLER.
 	RuntimeProvided Runtime = "provided"
-	// RuntimeGo runs a Go executable; identical to provided, kept as a name
-	// users of Lambda's go1.x recognise.
+	// RuntimeGo runs the Go executable the handler names (default
+	// "bootstrap"), as Lambda's go1.x did.
 	RuntimeGo Runtime = "go"
 	// RuntimePython3 runs "module.function" handlers with the host's python3
 	// through zfaas's bundled bootstrap.
@@ -45,6 +46,9 @@ const (
 	// proxied to it.
 	ModeHTTP Mode = "http"
 )
+
+// ProvidedExecutable is the file a "provided" runtime package must hold.
+const ProvidedExecutable = "bootstrap"
 
 // Limits on function configuration values.
 const (
@@ -98,7 +102,11 @@ func (c *FunctionConfig) Normalize() error {
 		return fmt.Errorf("unknown mode %q (want lambda or http)", c.Mode)
 	}
 	switch c.Runtime {
-	case RuntimeProvided, RuntimeGo:
+	case RuntimeProvided:
+		if !freeHandlerRE.MatchString(c.Handler) {
+			return fmt.Errorf("handler %q must be at most 128 characters without spaces", c.Handler)
+		}
+	case RuntimeGo:
 		if c.Handler == "" {
 			c.Handler = "bootstrap"
 		}
@@ -151,6 +159,7 @@ func (c *FunctionConfig) Normalize() error {
 }
 
 var (
+	freeHandlerRE   = regexp.MustCompile(`^[^\s]{0,128}$`)
 	handlerFileRE   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}$`)
 	moduleHandlerRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_/.-]{0,127}\.[A-Za-z_$][A-Za-z0-9_$]{0,63}$`)
 	nameRE          = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)

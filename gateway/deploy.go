@@ -162,12 +162,16 @@ func checkHandler(cfg api.FunctionConfig, man archive.Manifest) error {
 	missing := func(msg string) error { return errf(http.StatusBadRequest, CodeBadRequest, msg) }
 	switch {
 	case cfg.Runtime == api.RuntimeProvided || cfg.Runtime == api.RuntimeGo:
-		e, ok := files[path.Clean(cfg.Handler)]
+		exe := cfg.Handler
+		if cfg.Runtime == api.RuntimeProvided {
+			exe = api.ProvidedExecutable
+		}
+		e, ok := files[path.Clean(exe)]
 		if !ok {
-			return missing(fmt.Sprintf("handler %q is not in the package", cfg.Handler))
+			return missing(fmt.Sprintf("executable %q is not in the package", exe))
 		}
 		if e.Mode&0o111 == 0 && e.Type != archive.TypeSymlink {
-			return missing(fmt.Sprintf("handler %q is not executable", cfg.Handler))
+			return missing(fmt.Sprintf("executable %q is not executable (mode %v)", exe, e.Mode))
 		}
 	case cfg.Mode == api.ModeHTTP:
 		if _, ok := files[path.Clean(cfg.Handler)]; !ok {

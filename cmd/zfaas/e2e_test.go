@@ -1,8 +1,10 @@
 package main
 
 import (
+	"archive/tar"
 	"archive/zip"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -579,12 +581,38 @@ func zipOf(t *testing.T, entries map[string]string) []byte {
 	return buf.Bytes()
 }
 
+// tarGzOf builds a tar.gz from raw headers and contents.
+func tarGzOf(t *testing.T, entries []tar.Header, contents []string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	for i, h := range entries {
+		h.Size = int64(len(contents[i]))
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(contents[i]))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gz.Close()
+	return buf.Bytes()
+}
+
 func TestDeployRefusals(t *testing.T) {
 	tp := startTest(t, t.TempDir(), func(c *upConfig) {
 		c.Packages.MaxCompressedBytes = 8 << 20 // the fixture is about 6.5 MiB
 		c.Packages.MaxUnpackedBytes = 32 << 20
 		c.Gateway.MaxPayloadBytes = 1 << 10
+		c.Packages.MaxFiles = 50
 	})
+	many := map[string]string{"bootstrap": "x"}
+	for i := range 60 {
+		many[fmt.Sprintf("f%d", i)] = "x"
+	}
+	bootstrapHdr := tar.Header{Name: "bootstrap", Mode: 0o755, Typeflag: tar.TypeReg}
 	bomb := func() []byte {
 		var buf bytes.Buffer
 		zw := zip.NewWriter(&buf)
@@ -611,6 +639,10 @@ func TestDeployRefusals(t *testing.T) {
 		{"bomb", bomb, goCfg, 422, ""},
 		{"too-large", big, goCfg, 413, "package_too_large"},
 		{"not-an-archive", []byte("hello, not a zip"), goCfg, 400, "package_invalid"},
+		{"too-many-files", zipOf(t, many), goCfg, 422, "package_too_many_files"},
+		{"tar-traversal", tarGzOf(t, []tar.Header{bootstrapHdr, {Name: "a/../../evil", Mode: 0o644, Typeflag: tar.TypeReg}}, []string{"x", "x"}), goCfg, 422, "package_unsafe_path"},
+		{"tar-symlink-escape", tarGzOf(t, []tar.Header{bootstrapHdr, {Name: "etc", Linkname: "/etc", Typeflag: tar.TypeSymlink}}, []string{"x", ""}), goCfg, 422, "package_unsafe_symlink"},
+		{"tar-device", tarGzOf(t, []tar.Header{bootstrapHdr, {Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}}, []string{"x", ""}), goCfg, 422, "package_unsupported_entry"},
 		{"missing-handler", zipOf(t, map[string]string{"main": "x"}), goCfg, 400, "bad_request"},
 		{"bad-runtime", zipOf(t, map[string]string{"bootstrap": "x"}), api.FunctionConfig{Runtime: "cobol"}, 400, "bad_request"},
 		{"bad-memory", zipOf(t, map[string]string{"bootstrap": "x"}), api.FunctionConfig{Runtime: api.RuntimeGo, MemoryMB: 1}, 400, "bad_request"},
@@ -696,5 +728,74 @@ func TestDeleteFunction(t *testing.T) {
 	// The name can be reused; numbering starts again.
 	if v := tp.deployFixture("gone", nil); v.Version != 1 {
 		t.Fatalf("redeploy got version %d, want 1", v.Version)
+	}
+}
+
+// TestProvidedRuntime: a "provided" package runs its bootstrap whatever the
+// handler says, and the handler reaches the function in $_HANDLER, as on
+// Lambda.
+func TestProvidedRuntime(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployDir("custom", built.fixture, api.FunctionConfig{Runtime: api.RuntimeProvided, Handler: "function.handler"})
+	r, _ := tp.invokeFixture("custom", map[string]any{"action": "env", "path": "_HANDLER"})
+	if r.Data != "function.handler" {
+		t.Fatalf("got _HANDLER=%q, want function.handler", r.Data)
+	}
+	for _, k := range []string{"AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_LOG_GROUP_NAME", "LAMBDA_TASK_ROOT"} {
+		if r, _ := tp.invokeFixture("custom", map[string]any{"action": "env", "path": k}); r.Data == "" {
+			t.Errorf("%s is not set", k)
+		}
+	}
+}
+
+// TestCLI drives the zfaas command itself (the code behind the binary)
+// against a running platform.
+func TestCLI(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		if k == "ZFAAS_CLIENT_CONFIG" {
+			return filepath.Join(t.TempDir(), "none.yaml")
+		}
+		return ""
+	}
+	cli := func(args ...string) (string, error) {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, getenv, &out, &errb)
+		return out.String() + errb.String(), err
+	}
+	if out, err := cli("fn", "deploy", "hello", "--dir", built.hello, "--runtime", "go", "--memory", "256", "--timeout", "5s", "--env", "GREETING=Hi"); err != nil {
+		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	if out, err := cli("fn", "invoke", "hello", "--data", `{"name":"cli"}`); err != nil || !strings.Contains(out, `"Hi, cli!"`) {
+		t.Fatalf("invoke: %v %s", err, out)
+	}
+	out, err := cli("fn", "get", "hello", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info client.FunctionInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Latest.Config.MemoryMB != 256 || info.Latest.Config.TimeoutSeconds != 5 {
+		t.Fatalf("get -o json: %v %s", err, out)
+	}
+	if out, err := cli("fn", "ls"); err != nil || !strings.Contains(out, "hello") || !strings.Contains(out, "256MB") {
+		t.Fatalf("ls: %v %s", err, out)
+	}
+	if out, err := cli("fn", "alias", "set", "hello", "live", "1"); err != nil || !strings.Contains(out, "version 1") {
+		t.Fatalf("alias set: %v %s", err, out)
+	}
+	if out, err := cli("fn", "invoke", "nope"); err == nil || !strings.Contains(err.Error(), "function_not_found") {
+		t.Fatalf("invoke unknown: %v %s", err, out)
+	}
+	if _, err := cli("fn", "deploy", "x"); !errors.Is(err, errUsage) {
+		t.Fatalf("deploy without package: got %v, want a usage error", err)
+	}
+	if out, err := cli("fn", "rm", "hello"); err != nil {
+		t.Fatalf("rm: %v %s", err, out)
+	}
+	if out, err := cli("version"); err != nil || !strings.HasPrefix(out, "zfaas ") {
+		t.Fatalf("version: %v %s", err, out)
 	}
 }

@@ -33,7 +33,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	configPath := fs.String("config", getenv("ZFAAS_CONFIG"), "YAML configuration file (env ZFAAS_CONFIG)")
 	dataDir := fs.String("data-dir", "", "data directory (default "+cfg.DataDir+")")
 	listen := fs.String("listen", "", "gateway HTTP address (default "+cfg.Gateway.Listen+")")
-	grpcListen := fs.String("grpc-listen", "", "gateway gRPC address (default "+cfg.Gateway.GRPCListen+")")
+	grpcListen := fs.String("grpc-listen", "", "gateway gRPC address, or \"off\" (default "+cfg.Gateway.GRPCListen+")")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
 	examples := fs.String("deploy-examples", "", "deploy every function directory (with a zfaas.yaml) under DIR once the platform is up")
 	clientCfg := fs.String("client-config", "", "where to write the CLI's config (default the user config dir; \"-\" to skip)")
@@ -49,6 +49,9 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 		if v != "" {
 			*dst = v
 		}
+	}
+	if *grpcListen == "off" {
+		cfg.Gateway.GRPCListen = ""
 	}
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("config: %w", err)

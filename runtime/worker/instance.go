@@ -67,7 +67,9 @@ func (w *Worker) command(v api.Version) ([]string, error) {
 	c := v.Config
 	task := func(rel string) string { return path.Join(sandbox.TaskRoot, path.Clean("/"+rel)) }
 	switch c.Runtime {
-	case api.RuntimeProvided, api.RuntimeGo:
+	case api.RuntimeProvided:
+		return []string{task(api.ProvidedExecutable)}, nil
+	case api.RuntimeGo:
 		return []string{task(c.Handler)}, nil
 	case api.RuntimePython3:
 		if c.Mode == api.ModeHTTP {

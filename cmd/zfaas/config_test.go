@@ -1,0 +1,77 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string
+		check   func(upConfig) bool
+	}{
+		{"empty keeps defaults", "", "", func(c upConfig) bool { return c.Gateway.Listen == "127.0.0.1:8080" && c.Worker.IdleTimeout == 10*time.Minute }},
+		{"overrides", "data_dir: /srv/z\ngateway:\n  listen: 127.0.0.1:9999\n  wait_budget: 250ms\nworker:\n  idle_timeout: 30s\n", "", func(c upConfig) bool {
+			return c.DataDir == "/srv/z" && c.Gateway.Listen == "127.0.0.1:9999" && c.Gateway.WaitBudget == 250*time.Millisecond && c.Worker.IdleTimeout == 30*time.Second
+		}},
+		{"unknown key names its line", "gateway:\n  listen: 127.0.0.1:1\n  lisen: x\n", "line 3", nil},
+		{"wrong type names its line", "gateway:\n  wait_budget: soon\n", "line 2", nil},
+		{"public listener refused", "gateway:\n  listen: 0.0.0.0:8080\n", "loopback", nil},
+		{"unknown sandbox", "worker:\n  sandbox: vm\n", "sandbox", nil},
+		{"root uid refused", "worker:\n  uid: 0\n", "unprivileged", nil},
+		{"bad tenant", "tenant: Acme\n", "tenant", nil},
+		{"bad replicas", "store:\n  replicas: 2\n", "replicas", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "zfaas.yaml")
+			if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg := defaultUpConfig(func(string) string { return "" })
+			err := loadConfigFile(path, &cfg)
+			if err == nil {
+				err = cfg.validate()
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil && !tt.check(cfg) {
+				t.Fatalf("got %+v", cfg)
+			}
+		})
+	}
+}
+
+func TestClientConfigRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	getenv := func(k string) string {
+		if k == "XDG_CONFIG_HOME" {
+			return dir
+		}
+		return ""
+	}
+	path, err := writeClientConfig("", getenv, clientConfig{Gateway: "http://127.0.0.1:1234"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("client config mode %v, %v; want 0600", st.Mode(), err)
+	}
+	c, err := readClientConfig(getenv)
+	if err != nil || c.Gateway != "http://127.0.0.1:1234" {
+		t.Fatalf("got %+v, %v", c, err)
+	}
+}

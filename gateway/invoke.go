@@ -100,9 +100,11 @@ func traceID(r *http.Request) string {
 // handleInvoke serves POST /v1/functions/{name}[:{qualifier}]/invoke.
 func (g *Gateway) handleInvoke(w http.ResponseWriter, r *http.Request) {
 	name, qualifier, _ := strings.Cut(r.PathValue("target"), ":")
-	if t := r.Header.Get("X-Zfaas-Invocation-Type"); t != "" && t != "RequestResponse" {
-		g.writeError(w, r, errf(http.StatusBadRequest, CodeUnsupported, "only synchronous (RequestResponse) invocation is supported"))
-		return
+	for _, h := range []string{"X-Zfaas-Invocation-Type", "X-Amz-Invocation-Type"} {
+		if t := r.Header.Get(h); t != "" && t != "RequestResponse" {
+			g.writeError(w, r, errf(http.StatusBadRequest, CodeUnsupported, "only synchronous (RequestResponse) invocation is supported"))
+			return
+		}
 	}
 	payload, err := g.readPayload(w, r)
 	if err != nil {

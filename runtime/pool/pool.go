@@ -67,6 +67,7 @@ type keyPool struct {
 	idle    []*entry
 	total   int // idle + busy + starting
 	changed chan struct{}
+	gen     uint64 // bumped by Evict; leases of older generations are not kept
 }
 
 type entry struct {
@@ -80,6 +81,7 @@ type Lease struct {
 	p    *Pool
 	key  string
 	e    *entry
+	gen  uint64
 	once sync.Once
 	// Cold reports whether the instance was started for this lease.
 	Cold bool
@@ -152,10 +154,11 @@ func (p *Pool) Acquire(ctx context.Context, key string, limit int, start StartFu
 			default:
 			}
 			p.mu.Unlock()
-			return &Lease{p: p, key: key, e: e}, nil
+			return &Lease{p: p, key: key, e: e, gen: k.gen}, nil
 		}
 		if limit <= 0 || k.total < limit {
 			k.total++
+			gen := k.gen
 			p.mu.Unlock()
 			inst, err := start(ctx)
 			if err != nil {
@@ -165,7 +168,7 @@ func (p *Pool) Acquire(ctx context.Context, key string, limit int, start StartFu
 				p.mu.Unlock()
 				return nil, err
 			}
-			return &Lease{p: p, key: key, e: &entry{inst: inst}, Cold: true}, nil
+			return &Lease{p: p, key: key, e: &entry{inst: inst}, gen: gen, Cold: true}, nil
 		}
 		ch := k.changed
 		p.mu.Unlock()
@@ -183,10 +186,15 @@ func (l *Lease) Release() {
 		p := l.p
 		p.mu.Lock()
 		k := p.kp(l.key)
-		if p.closed {
+		if p.closed || l.gen != k.gen {
+			reason := "closed"
+			if !p.closed {
+				reason = "evicted"
+			}
 			k.total--
+			k.notify()
 			p.mu.Unlock()
-			p.stopInstance(l.key, l.e.inst, "closed")
+			p.stopInstance(l.key, l.e.inst, reason)
 			return
 		}
 		l.e.lastUsed = p.cfg.Now()
@@ -283,8 +291,8 @@ func (p *Pool) Reap() {
 }
 
 // Evict stops every idle instance of key (e.g. the function was deleted).
-// Busy instances finish their current invocation and are reaped later like
-// any idle instance.
+// Busy instances finish their current invocation and are stopped when
+// released.
 func (p *Pool) Evict(key string) {
 	p.mu.Lock()
 	k := p.keys[key]
@@ -293,6 +301,7 @@ func (p *Pool) Evict(key string) {
 		idle = k.idle
 		k.idle = nil
 		k.total -= len(idle)
+		k.gen++
 		k.notify()
 	}
 	p.mu.Unlock()

@@ -203,3 +203,33 @@ func TestConcurrentNeverExceedsLimit(t *testing.T) {
 		t.Fatalf("got %d instances, want at most 3", s.Total)
 	}
 }
+
+func TestEvictStopsIdleAndBusyOnRelease(t *testing.T) {
+	p := newPool(t, &clock{t: time.Unix(0, 0)})
+	start := func(context.Context) (Instance, error) { return newFake(), nil }
+	idle, _ := p.Acquire(context.Background(), "k", 0, start)
+	busy, _ := p.Acquire(context.Background(), "k", 0, start)
+	idleInst := idle.Instance().(*fakeInst)
+	idle.Release()
+	p.Evict("k")
+	if !idleInst.stopped.Load() {
+		t.Fatal("idle instance survived Evict")
+	}
+	busyInst := busy.Instance().(*fakeInst)
+	if busyInst.stopped.Load() {
+		t.Fatal("busy instance stopped mid-invocation")
+	}
+	busy.Release()
+	if !busyInst.stopped.Load() {
+		t.Fatal("busy instance of an evicted key was kept after release")
+	}
+	if s, ok := p.Stats()["k"]; ok && s.Total != 0 {
+		t.Fatalf("got %+v after evict, want nothing", s)
+	}
+	// A new instance for the same key (a redeploy) is kept as usual.
+	l, _ := p.Acquire(context.Background(), "k", 0, start)
+	l.Release()
+	if s := p.Stats()["k"]; s.Idle != 1 {
+		t.Fatalf("got %+v, want the new instance idle", s)
+	}
+}

@@ -69,7 +69,7 @@ type FunctionConfig struct {
 	TimeoutSeconds int               `json:"timeoutSeconds"`
 	Env            map[string]string `json:"env,omitempty"`
 	// MaxConcurrency caps the instances (and so the in-flight invocations)
-	// of the function; 0 means the gateway's default.
+	// of each version of the function; 0 means the gateway's default.
 	MaxConcurrency int `json:"maxConcurrency,omitempty"`
 }
 
@@ -231,4 +231,5 @@ const (
 	HeaderColdStart      = "X-Zfaas-Cold-Start"
 	HeaderVersion        = "X-Zfaas-Function-Version"
 	HeaderFunctionError  = "X-Zfaas-Function-Error"
+	HeaderDecisionID     = "X-Zfaas-Decision-Id"
 )

@@ -33,6 +33,10 @@ func (g *Gateway) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "function name must be 1-64 lower-case letters, digits or inner hyphens"))
 		return
 	}
+	if _, err := g.caller(r); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	v, err := g.deploy(r, name)
 	if err != nil {
 		g.writeError(w, r, err)
@@ -131,6 +135,13 @@ func (g *Gateway) deploy(r *http.Request, name string) (api.Version, error) {
 	if len(req.Description) > 256 {
 		return api.Version{}, errf(http.StatusBadRequest, CodeBadRequest, "description over 256 bytes")
 	}
+	if err := g.authorizeControl(r, "deploy", name, map[string]any{
+		"runtime": string(cfg.Runtime), "mode": string(cfg.Mode), "memoryMB": cfg.MemoryMB,
+		"timeoutSeconds": cfg.TimeoutSeconds, "maxConcurrency": cfg.MaxConcurrency,
+		"packageSize": pkgSize,
+	}); err != nil {
+		return api.Version{}, err
+	}
 	man, err := archive.Inspect(pkg, pkgSize, g.cfg.Archive)
 	if err != nil {
 		return api.Version{}, err
@@ -178,17 +189,25 @@ func checkHandler(cfg api.FunctionConfig, man archive.Manifest) error {
 			return missing(fmt.Sprintf("handler %q is not in the package", cfg.Handler))
 		}
 	default:
-		mod := cfg.Handler[:strings.LastIndex(cfg.Handler, ".")]
-		exts := []string{".py"}
+		// The same resolution as the bootstraps: Python imports everything
+		// before the last dot as a (dotted) module; Node.js loads the file
+		// named up to the first dot after the last slash.
+		var mod string
+		var cands []string
 		if cfg.Runtime == api.RuntimeNodejs {
-			exts = []string{".js", ".mjs", ".cjs"}
+			dir, base := path.Split(cfg.Handler)
+			mod = dir + base[:strings.Index(base, ".")]
+			cands = []string{mod + ".js", mod + ".mjs", mod + ".cjs"}
+		} else {
+			mod = strings.ReplaceAll(cfg.Handler[:strings.LastIndex(cfg.Handler, ".")], ".", "/")
+			cands = []string{mod + ".py", mod + "/__init__.py", mod + ".pyc"}
 		}
-		for _, ext := range exts {
-			if _, ok := files[path.Clean(mod+ext)]; ok {
+		for _, c := range cands {
+			if _, ok := files[path.Clean(c)]; ok {
 				return nil
 			}
 		}
-		return missing(fmt.Sprintf("handler module %q (%s) is not in the package", mod, strings.Join(exts, ", ")))
+		return missing(fmt.Sprintf("handler module %q is not in the package (looked for %s)", mod, strings.Join(cands, ", ")))
 	}
 	return nil
 }
@@ -208,6 +227,10 @@ func jsonErrMessage(err error) string {
 }
 
 func (g *Gateway) handleList(w http.ResponseWriter, r *http.Request) {
+	if err := g.authorizeControl(r, "read", "", nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	fns, err := g.reg.List(r.Context(), g.cfg.Tenant)
 	if err != nil {
 		g.writeError(w, r, err)
@@ -236,6 +259,10 @@ type FunctionInfo struct {
 
 func (g *Gateway) handleGet(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if err := g.authorizeControl(r, "read", name, nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	f, err := g.reg.loadFunction(r.Context(), g.cfg.Tenant, name)
 	if err != nil {
 		g.writeError(w, r, err)
@@ -251,6 +278,10 @@ func (g *Gateway) handleGet(w http.ResponseWriter, r *http.Request) {
 
 func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if err := g.authorizeControl(r, "delete", name, nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	vers, err := g.reg.Delete(r.Context(), g.cfg.Tenant, name)
 	if err != nil {
 		g.writeError(w, r, err)
@@ -266,6 +297,10 @@ func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handleVersions(w http.ResponseWriter, r *http.Request) {
+	if err := g.authorizeControl(r, "read", r.PathValue("name"), nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	vers, err := g.reg.Versions(r.Context(), g.cfg.Tenant, r.PathValue("name"))
 	if err != nil {
 		g.writeError(w, r, err)
@@ -276,6 +311,10 @@ func (g *Gateway) handleVersions(w http.ResponseWriter, r *http.Request) {
 
 func (g *Gateway) handleVersion(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if err := g.authorizeControl(r, "read", name, nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	n, err := strconv.ParseInt(r.PathValue("version"), 10, 64)
 	if err != nil {
 		g.writeError(w, r, errf(http.StatusNotFound, CodeVersionNotFound, "version must be a number"))
@@ -302,6 +341,10 @@ type AliasRequest struct {
 
 func (g *Gateway) handleSetAlias(w http.ResponseWriter, r *http.Request) {
 	name, alias := r.PathValue("name"), r.PathValue("alias")
+	if err := g.authorizeControl(r, "alias.set", name, nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	if !api.ValidName(alias) || alias[0] >= '0' && alias[0] <= '9' {
 		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "alias must start with a letter and use lower-case letters, digits or inner hyphens"))
 		return
@@ -340,6 +383,10 @@ func (g *Gateway) handleSetAlias(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handleDeleteAlias(w http.ResponseWriter, r *http.Request) {
+	if err := g.authorizeControl(r, "alias.delete", r.PathValue("name"), nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	if err := g.reg.DeleteAlias(r.Context(), g.cfg.Tenant, r.PathValue("name"), r.PathValue("alias")); err != nil {
 		g.writeError(w, r, err)
 		return

@@ -25,6 +25,8 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeInternal         = "internal_error"
 	CodeUnavailable      = "unavailable"
+	CodeForbidden        = "forbidden"
+	CodeUnauthenticated  = "unauthenticated"
 )
 
 // httpError is an error with a status and a client-safe code and message.
@@ -52,6 +54,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // logged, never sent.
 func (g *Gateway) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, code, msg := g.classify(err)
+	var de *deniedError
+	if errors.As(err, &de) {
+		g.log.Info("denied by policy", "method", r.Method, "path", r.URL.Path, "decision", de.d.ID, "revision", de.d.Revision, "reasons", de.d.Reasons)
+		writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg, DecisionID: de.d.ID}})
+		return
+	}
 	if status >= 500 {
 		g.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	} else {
@@ -64,7 +72,12 @@ func (g *Gateway) classify(err error) (int, string, string) {
 	var he *httpError
 	var ae *archive.Error
 	var mbe *http.MaxBytesError
+	var de *deniedError
 	switch {
+	case errors.As(err, &de):
+		return http.StatusForbidden, CodeForbidden, "denied by policy"
+	case errors.Is(err, ErrUnauthenticated):
+		return http.StatusUnauthorized, CodeUnauthenticated, "credentials could not be verified"
 	case errors.As(err, &he):
 		return he.status, he.code, he.message
 	case errors.As(err, &ae):

@@ -41,6 +41,17 @@ type Config struct {
 	Store *store.Store
 	// Invoker runs invocations. Required.
 	Invoker Invoker
+	// Authorizer decides every invocation and control-plane change.
+	// Required: the gateway never serves without a policy.
+	Authorizer Authorizer
+	// Authenticator establishes HTTP callers; default Anonymous for all
+	// (which a deny-by-default policy refuses).
+	Authenticator Authenticator
+	// GRPCAuthenticator establishes gRPC callers; default Anonymous.
+	GRPCAuthenticator ContextAuthenticator
+	// Policy, when set, serves the policy administration API
+	// (/v1/policy/...).
+	Policy PolicyAdmin
 	// Logger is the gateway's log; default discards.
 	Logger *slog.Logger
 	// Tenant is the tenant of every request until caller identities land;
@@ -85,8 +96,14 @@ type Gateway struct {
 
 // New builds a Gateway; ctx bounds background watches.
 func New(ctx context.Context, cfg Config) (*Gateway, error) {
-	if cfg.Store == nil || cfg.Invoker == nil {
-		return nil, errors.New("gateway: Store and Invoker are required")
+	if cfg.Store == nil || cfg.Invoker == nil || cfg.Authorizer == nil {
+		return nil, errors.New("gateway: Store, Invoker and Authorizer are required")
+	}
+	if cfg.Authenticator == nil {
+		cfg.Authenticator = anonymousAuth{}
+	}
+	if cfg.GRPCAuthenticator == nil {
+		cfg.GRPCAuthenticator = anonymousAuth{}
 	}
 	if cfg.Tenant == "" {
 		cfg.Tenant = "default"
@@ -199,7 +216,18 @@ func (g *Gateway) routes() {
 	m.HandleFunc("DELETE /v1/functions/{name}/aliases/{alias}", g.handleDeleteAlias)
 	m.HandleFunc("POST /v1/functions/{target}/invoke", g.handleInvoke)
 	m.HandleFunc("GET /v1/functions/{name}/logs", g.handleLogs)
+	if g.cfg.Policy != nil {
+		m.HandleFunc("POST /v1/policy/revisions", g.handlePolicyPush)
+		m.HandleFunc("GET /v1/policy/status", g.handlePolicyStatus)
+		m.HandleFunc("POST /v1/policy/rollback", g.handlePolicyRollback)
+		m.HandleFunc("GET /v1/policy/decisions", g.handlePolicyDecisions)
+	}
 	m.HandleFunc("/function/{name}", g.handleOpenFaaS)
 	m.HandleFunc("/function/{name}/{rest...}", g.handleOpenFaaS)
 	g.mux = m
 }
+
+type anonymousAuth struct{}
+
+func (anonymousAuth) Authenticate(*http.Request) (Caller, error)          { return Anonymous, nil }
+func (anonymousAuth) AuthenticateContext(context.Context) (Caller, error) { return Anonymous, nil }

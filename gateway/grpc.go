@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
@@ -40,8 +41,26 @@ func (s *grpcServer) Invoke(ctx context.Context, req *zfaasv1.InvokeRequest) (*z
 	if int64(len(req.GetPayload())) > s.g.cfg.MaxPayloadBytes {
 		return nil, status.Error(codes.ResourceExhausted, "payload over the limit")
 	}
-	o, err := s.g.invoke(ctx, invocation{name: name, qualifier: qualifier, payload: req.GetPayload()})
+	caller, err := s.g.cfg.GRPCAuthenticator.AuthenticateContext(ctx)
 	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, "credentials could not be verified")
+	}
+	hdr := map[string]any{}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for k, vs := range md {
+			hdr[strings.ToLower(k)] = strings.Join(vs, ", ")
+		}
+	}
+	request := map[string]any{
+		"protocol": "grpc", "method": "POST", "path": zfaasv1.Functions_Invoke_FullMethodName,
+		"headers": hdr, "tls": map[string]any{"protocol": "", "cipher_suite": ""}, "trace_id": "",
+	}
+	o, err := s.g.invoke(ctx, invocation{name: name, qualifier: qualifier, payload: req.GetPayload(), caller: caller, request: request})
+	if err != nil {
+		var de *deniedError
+		if errors.As(err, &de) {
+			return nil, status.Errorf(codes.PermissionDenied, "denied by policy (decision %s)", de.d.ID)
+		}
 		var ie *api.InitError
 		switch {
 		case errors.As(err, &ie):

@@ -21,13 +21,16 @@ type invocation struct {
 	payload         []byte
 	http            *api.HTTPRequest
 	traceID         string
+	caller          Caller
+	request         map[string]any // the policy input's request part
 }
 
 // outcome is the result plus the bookkeeping headers clients see.
 type outcome struct {
-	id      string
-	version api.Version
-	res     *api.InvocationResult
+	id       string
+	version  api.Version
+	res      *api.InvocationResult
+	decision Decision
 }
 
 // invoke resolves and runs one invocation, recording metrics.
@@ -35,9 +38,22 @@ func (g *Gateway) invoke(ctx context.Context, in invocation) (*outcome, error) {
 	if !api.ValidName(in.name) {
 		return nil, fmt.Errorf("%w: %s", ErrFunctionNotFound, in.name)
 	}
-	v, err := g.reg.Resolve(ctx, g.cfg.Tenant, in.name, in.qualifier, g.cfg.Rand())
+	v, rerr := g.reg.Resolve(ctx, g.cfg.Tenant, in.name, in.qualifier, g.cfg.Rand())
+	// The policy decides before a caller learns whether the function
+	// exists, so names do not leak to callers who may not invoke them.
+	d, err := g.authorize(ctx, "invoke", map[string]any{
+		"caller": callerInput(in.caller),
+		"action": "invoke",
+		"function": map[string]any{
+			"tenant": g.cfg.Tenant, "name": in.name, "qualifier": in.qualifier, "version": v.Version,
+		},
+		"request": in.request,
+	})
 	if err != nil {
 		return nil, err
+	}
+	if rerr != nil {
+		return nil, rerr
 	}
 	id := uuid.NewString()
 	t0 := time.Now()
@@ -48,9 +64,9 @@ func (g *Gateway) invoke(ctx context.Context, in invocation) (*outcome, error) {
 	g.metrics.observe(v, res, err, time.Since(t0))
 	if err != nil {
 		g.log.Debug("invocation failed", "function", v.Function, "version", v.Version, "invocation", id, "err", err)
-		return &outcome{id: id, version: v}, err
+		return &outcome{id: id, version: v, decision: d}, err
 	}
-	return &outcome{id: id, version: v, res: res}, nil
+	return &outcome{id: id, version: v, res: res, decision: d}, nil
 }
 
 // billed rounds a duration up to the next millisecond, as Lambda bills.
@@ -60,6 +76,9 @@ func billed(d time.Duration) int64 {
 
 func setInvocationHeaders(h http.Header, o *outcome) {
 	h.Set(api.HeaderInvocationID, o.id)
+	if o.decision.ID != "" {
+		h.Set(api.HeaderDecisionID, o.decision.ID)
+	}
 	if o.version.Version != 0 {
 		h.Set(api.HeaderVersion, strconv.FormatInt(o.version.Version, 10))
 	}
@@ -106,12 +125,17 @@ func (g *Gateway) handleInvoke(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	caller, err := g.caller(r)
+	if err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	payload, err := g.readPayload(w, r)
 	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
-	in := invocation{name: name, qualifier: qualifier, payload: payload, traceID: traceID(r)}
+	in := invocation{name: name, qualifier: qualifier, payload: payload, traceID: traceID(r), caller: caller, request: requestInput(r, "http")}
 	o, err := g.invoke(r.Context(), in)
 	if o != nil {
 		setInvocationHeaders(w.Header(), o)
@@ -133,7 +157,8 @@ func (g *Gateway) writeResult(w http.ResponseWriter, o *outcome, defaultType str
 	}
 	if o.version.Config.Mode == api.ModeHTTP {
 		for k, vs := range res.Header {
-			if strings.EqualFold(k, "Content-Length") {
+			// A function cannot set the platform's own headers.
+			if strings.EqualFold(k, "Content-Length") || strings.HasPrefix(http.CanonicalHeaderKey(k), "X-Zfaas-") {
 				continue
 			}
 			w.Header()[k] = vs
@@ -178,6 +203,11 @@ func (g *Gateway) writeInvokeError(w http.ResponseWriter, r *http.Request, err e
 // headers); Lambda-mode functions get the body as the event.
 func (g *Gateway) handleOpenFaaS(w http.ResponseWriter, r *http.Request) {
 	name, qualifier, _ := strings.Cut(r.PathValue("name"), ":")
+	caller, err := g.caller(r)
+	if err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	payload, err := g.readPayload(w, r)
 	if err != nil {
 		g.writeError(w, r, err)
@@ -191,6 +221,7 @@ func (g *Gateway) handleOpenFaaS(w http.ResponseWriter, r *http.Request) {
 	}
 	in := invocation{
 		name: name, qualifier: qualifier, payload: payload, traceID: traceID(r),
+		caller: caller, request: requestInput(r, "http"),
 		http: &api.HTTPRequest{Method: r.Method, Path: "/" + r.PathValue("rest"), RawQuery: r.URL.RawQuery, Header: hdr},
 	}
 	o, err := g.invoke(r.Context(), in)

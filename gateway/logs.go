@@ -70,6 +70,10 @@ func (s *LogStore) Log(rec api.LogRecord) {
 // newline-delimited JSON records.
 func (g *Gateway) handleLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if err := g.authorizeControl(r, "read", name, nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
 	if _, err := g.reg.loadFunction(r.Context(), g.cfg.Tenant, name); err != nil {
 		g.writeError(w, r, err)
 		return

@@ -27,7 +27,7 @@ type Metrics struct {
 func newMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		invocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "zfaas_invocations_total", Help: "Invocations by function, version and outcome (ok, function_error, timeout, crashed, throttled, not_found, error).",
+			Name: "zfaas_invocations_total", Help: "Invocations by function, version and outcome (ok, function_error, timeout, crashed, init_error, throttled, error).",
 		}, []string{"function", "version", "outcome"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zfaas_invocation_errors_total", Help: "Failed invocations by function and error type.",
@@ -80,6 +80,8 @@ func (m *Metrics) observe(v api.Version, res *api.InvocationResult, err error, _
 	case errors.Is(err, api.ErrTimeout):
 		outcome = "timeout"
 		m.errors.WithLabelValues(fn, "Timeout").Inc()
+		// A timed-out invocation is billed for its whole timeout.
+		m.gbSeconds.WithLabelValues(fn).Add(float64(v.Config.TimeoutSeconds) * float64(v.Config.MemoryMB) / 1024)
 	case errors.Is(err, api.ErrCrashed):
 		outcome = "crashed"
 		m.errors.WithLabelValues(fn, "Runtime.ExitError").Inc()

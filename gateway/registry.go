@@ -107,6 +107,9 @@ func (r *Registry) forget(key string) {
 
 // Function returns a function record, from the cache when present.
 func (r *Registry) Function(ctx context.Context, tenant, name string) (api.Function, error) {
+	if !api.ValidName(name) {
+		return api.Function{}, fmt.Errorf("%w: %q", ErrFunctionNotFound, name)
+	}
 	key := fnKey(tenant, name)
 	r.mu.RLock()
 	f, ok := r.fnCache[key]
@@ -118,6 +121,9 @@ func (r *Registry) Function(ctx context.Context, tenant, name string) (api.Funct
 }
 
 func (r *Registry) loadFunction(ctx context.Context, tenant, name string) (api.Function, error) {
+	if !api.ValidName(name) {
+		return api.Function{}, fmt.Errorf("%w: %q", ErrFunctionNotFound, name)
+	}
 	e, err := r.fns.Get(ctx, fnKey(tenant, name))
 	if errors.Is(err, store.ErrNotFound) {
 		return api.Function{}, fmt.Errorf("%w: %s", ErrFunctionNotFound, name)

@@ -116,6 +116,11 @@ func (c *upConfig) validate() error {
 	if c.DataDir == "" {
 		return errors.New("data_dir is required")
 	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return fmt.Errorf("data_dir %q: %w", c.DataDir, err)
+	}
+	c.DataDir = abs
 	if !api.ValidName(c.Tenant) {
 		return fmt.Errorf("tenant %q: use lower-case letters, digits and inner hyphens", c.Tenant)
 	}
@@ -145,8 +150,14 @@ func (c *upConfig) validate() error {
 	if c.Gateway.MaxPayloadBytes <= 0 || c.Gateway.MaxPayloadBytes > 64<<20 {
 		return fmt.Errorf("gateway.max_payload_bytes %d: want 1..%d", c.Gateway.MaxPayloadBytes, 64<<20)
 	}
-	if c.Gateway.WaitBudget < 0 || c.Gateway.WaitBudget > time.Minute {
-		return fmt.Errorf("gateway.wait_budget %s: want 0..1m", c.Gateway.WaitBudget)
+	if c.Gateway.WaitBudget < time.Millisecond || c.Gateway.WaitBudget > time.Minute {
+		return fmt.Errorf("gateway.wait_budget %s: want 1ms..1m", c.Gateway.WaitBudget)
+	}
+	if c.Gateway.LogRetention < time.Minute {
+		return fmt.Errorf("gateway.log_retention %s: want at least 1m", c.Gateway.LogRetention)
+	}
+	if c.Worker.MaxResponseBytes <= 0 || c.Worker.MaxResponseBytes > 64<<20 {
+		return fmt.Errorf("worker.max_response_bytes %d: want 1..%d", c.Worker.MaxResponseBytes, 64<<20)
 	}
 	if c.Gateway.DefaultMaxConcurrency < 1 {
 		return fmt.Errorf("gateway.default_max_concurrency %d: want at least 1", c.Gateway.DefaultMaxConcurrency)
@@ -166,6 +177,9 @@ func (c *upConfig) validate() error {
 	}
 	if c.Store.Replicas != 1 && c.Store.Replicas != 3 && c.Store.Replicas != 5 {
 		return fmt.Errorf("store.replicas %d: want 1, 3 or 5", c.Store.Replicas)
+	}
+	if c.Store.Replicas > 1 && c.Store.URL == "" {
+		return fmt.Errorf("store.replicas %d needs store.url: the embedded server is a single node", c.Store.Replicas)
 	}
 	return nil
 }

@@ -15,7 +15,9 @@ func TestConfigFile(t *testing.T) {
 		wantErr string
 		check   func(upConfig) bool
 	}{
-		{"empty keeps defaults", "", "", func(c upConfig) bool { return c.Gateway.Listen == "127.0.0.1:8080" && c.Worker.IdleTimeout == 10*time.Minute }},
+		{"empty keeps defaults", "", "", func(c upConfig) bool {
+			return c.Gateway.Listen == "127.0.0.1:8080" && c.Worker.IdleTimeout == 10*time.Minute
+		}},
 		{"overrides", "data_dir: /srv/z\ngateway:\n  listen: 127.0.0.1:9999\n  wait_budget: 250ms\nworker:\n  idle_timeout: 30s\n", "", func(c upConfig) bool {
 			return c.DataDir == "/srv/z" && c.Gateway.Listen == "127.0.0.1:9999" && c.Gateway.WaitBudget == 250*time.Millisecond && c.Worker.IdleTimeout == 30*time.Second
 		}},

@@ -799,3 +799,46 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("version: %v %s", err, out)
 	}
 }
+
+// TestCallerCancelKeepsInstance: a caller that hangs up does not cost the
+// function its instance; the invocation runs to its end and the instance
+// serves the next call warm.
+func TestCallerCancelKeepsInstance(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("patient", nil)
+	first, _ := tp.invokeFixture("patient", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, _, err := tp.c.Invoke(ctx, "patient", []byte(`{"action":"sleep","millis":400}`))
+	cancel()
+	if err == nil {
+		t.Fatal("the canceled call succeeded")
+	}
+	time.Sleep(500 * time.Millisecond)
+	second, meta := tp.invokeFixture("patient", nil)
+	if meta.ColdStart || second.Instance != first.Instance {
+		t.Fatalf("after a caller hung up: cold=%v instance %s (was %s), want the same warm instance", meta.ColdStart, second.Instance, first.Instance)
+	}
+}
+
+// TestFunctionIsNotAdmin: until functions have identities, a function
+// calling the gateway on loopback is anonymous, and the default policy
+// denies it, although local users act as the administrator.
+func TestFunctionIsNotAdmin(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("sneaky", nil)
+	for _, path := range []string{"/v1/functions", "/v1/functions/sneaky/versions"} {
+		r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "get", "path": tp.url + path})
+		if r.Data != "403" {
+			t.Errorf("function GET %s: got %q (%s), want 403", path, r.Data, r.Err)
+		}
+	}
+	// The same request from the host is the local administrator's.
+	resp, err := http.Get(tp.url + "/v1/functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("local admin: got %d", resp.StatusCode)
+	}
+}

@@ -36,7 +36,7 @@ type cliFlags struct {
 }
 
 func (c *cliFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.gateway, "gateway", "", "gateway URL (env ZFAAS_GATEWAY; default from the config `zfaas up` wrote)")
+	fs.StringVar(&c.gateway, "gateway", "", "gateway URL (env ZFAAS_GATEWAY; default from the client config that zfaas up wrote)")
 	fs.StringVar(&c.output, "o", "table", "output format: table or json")
 }
 

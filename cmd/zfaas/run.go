@@ -16,6 +16,9 @@ var version = "dev"
 // errUsage reports a usage error already printed.
 var errUsage = errors.New("usage")
 
+// errHelped reports that -h printed a command's help; run returns nil.
+var errHelped = errors.New("help shown")
+
 func exitCode(err error) int {
 	if errors.Is(err, errUsage) {
 		return 2
@@ -31,6 +34,8 @@ const usageText = `zfaas — a zero-trust Function-as-a-Service platform
 Usage:
   zfaas up [flags]                 run the all-in-one platform
   zfaas fn <command> [args]        manage and invoke functions
+  zfaas policy <command> [args]    test, push, roll back policy; read decisions
+  zfaas policyd [flags]            run the standalone policy decision role
   zfaas version                    print the version
 
 Function commands:
@@ -45,6 +50,14 @@ Run 'zfaas <command> -h' for a command's flags.
 `
 
 func run(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
+	err := dispatch(ctx, args, getenv, stdout, stderr)
+	if errors.Is(err, errHelped) {
+		return nil
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return errUsage
@@ -54,6 +67,10 @@ func run(ctx context.Context, args []string, getenv env, stdout, stderr io.Write
 		return runUp(ctx, args[1:], getenv, stdout, stderr)
 	case "fn", "function":
 		return runFn(ctx, args[1:], getenv, stdout, stderr)
+	case "policy":
+		return runPolicy(ctx, args[1:], getenv, stdout, stderr)
+	case "policyd":
+		return runPolicyd(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "zfaas %s\n", buildVersion())
 		return nil
@@ -109,10 +126,11 @@ func newFlagSet(name, usage string, w io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// flagErr turns a flag parse error into errUsage (the FlagSet printed it).
+// flagErr turns a flag parse error into errUsage, or errHelped for -h (the
+// FlagSet printed either).
 func flagErr(err error) error {
 	if errors.Is(err, flag.ErrHelp) {
-		return nil
+		return errHelped
 	}
 	return errUsage
 }

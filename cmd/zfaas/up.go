@@ -22,6 +22,9 @@ import (
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/gateway"
+	"github.com/zfaas/zfaas/policies"
+	"github.com/zfaas/zfaas/policyd"
+	"github.com/zfaas/zfaas/policyd/extauthz"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
 	"github.com/zfaas/zfaas/runtime/worker"
 	"github.com/zfaas/zfaas/store"
@@ -105,6 +108,7 @@ type platform struct {
 	cfg      upConfig
 	log      *slog.Logger
 	store    *store.Store
+	policy   *policyd.Engine
 	worker   *worker.Worker
 	gateway  *gateway.Gateway
 	httpLn   net.Listener
@@ -144,6 +148,18 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	p.policy, err = policyd.New(bg, policyd.Config{
+		Store:       p.store,
+		Node:        "local",
+		Logger:      log,
+		Default:     policies.FS,
+		DecisionLog: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	log.Warn("development: callers on loopback act as the local administrator until mTLS identities are configured (function instances excepted); the policy allows it only while data.zfaas.config.development.local_admin is true",
+		"admin", localAdminID)
 	log.Warn("sandbox driver \"process\": instances are isolated by namespaces, cgroups and seccomp, not by a virtual machine (development isolation)")
 	driver, err := process.New(process.Config{
 		StateDir: filepath.Join(cfg.DataDir, "sandbox"),
@@ -159,9 +175,14 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	// The gateway and the worker need each other (invoker; log sink and
 	// observer), so the worker is bound through a small late-bound shim.
 	shim := &lateInvoker{}
+	auth := &localAuth{admin: gateway.LocalAdmin{ID: localAdminID}, peers: shim, log: log}
 	p.gateway, err = gateway.New(bg, gateway.Config{
 		Store:                 p.store,
 		Invoker:               shim,
+		Authorizer:            engineAuthorizer{p.policy},
+		Authenticator:         auth,
+		GRPCAuthenticator:     auth,
+		Policy:                enginePolicyAdmin{e: p.policy, now: time.Now},
 		Logger:                log,
 		Tenant:                cfg.Tenant,
 		MaxPayloadBytes:       cfg.Gateway.MaxPayloadBytes,
@@ -199,6 +220,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	mux.Handle("/", p.gateway)
 	p.httpSrv = &http.Server{
 		Handler:           mux,
+		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -212,6 +234,8 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if cfg.Gateway.GRPCListen != "" {
 		p.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()), grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
 		p.gateway.RegisterGRPC(p.grpcSrv)
+		// Envoy's external authorization, so a mesh can ask the same policy.
+		extauthz.New(p.policy, log).Register(p.grpcSrv)
 		p.grpcLn, err = net.Listen("tcp", cfg.Gateway.GRPCListen)
 		if err != nil {
 			return nil, fmt.Errorf("gateway grpc listen: %w", err)
@@ -268,6 +292,9 @@ func (p *platform) close(ctx context.Context) error {
 		if p.worker != nil {
 			errs = append(errs, p.worker.Close(ctx))
 		}
+		if p.policy != nil {
+			errs = append(errs, p.policy.Close(ctx))
+		}
 		p.cancel()
 		if p.store != nil {
 			errs = append(errs, p.store.Close())
@@ -276,8 +303,15 @@ func (p *platform) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// localAdminID is the SPIFFE ID local callers act as in development.
+const localAdminID = "spiffe://zfaas.local/user/admin"
+
 // lateInvoker forwards to the worker once it is built.
 type lateInvoker struct{ w *worker.Worker }
+
+func (l *lateInvoker) IsInstancePeer(local, remote net.Addr) bool {
+	return l.w != nil && l.w.IsInstancePeer(local, remote)
+}
 
 func (l *lateInvoker) Invoke(ctx context.Context, inv api.Invocation) (*api.InvocationResult, error) {
 	return l.w.Invoke(ctx, inv)

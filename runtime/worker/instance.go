@@ -34,6 +34,7 @@ type instance struct {
 	httpc   *http.Client      // HTTP mode
 	cur     atomic.Pointer[string]
 	logs    []*lineWriter
+	onStop  func()
 	stopped sync.Once
 	stopErr error
 }
@@ -49,6 +50,9 @@ func (i *instance) Stop(ctx context.Context) error {
 			i.httpc.CloseIdleConnections()
 		}
 		i.stopErr = i.sb.Stop(ctx)
+		if i.onStop != nil {
+			i.onStop()
+		}
 		for _, l := range i.logs {
 			l.flush()
 		}
@@ -133,13 +137,20 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	}
 	// The instance's cgroup is known only after Start; the peer check reads
 	// it through this pointer.
-	var cgroupDir atomic.Pointer[string]
+	// A fast runtime may connect before Start has returned; the check
+	// waits for the cgroup (bounded by the init timeout).
+	var cgroupDir string
+	cgroupKnown := make(chan struct{})
 	authorize := func(c net.Conn) error {
-		d := cgroupDir.Load()
-		if d == nil || *d == "" {
+		select {
+		case <-cgroupKnown:
+		case <-time.After(w.cfg.InitTimeout):
 			return errors.New("instance not started")
 		}
-		return checkLoopbackPeer(c, *d)
+		if cgroupDir == "" {
+			return errors.New("instance not started")
+		}
+		return checkLoopbackPeer(c, cgroupDir)
 	}
 	switch v.Config.Mode {
 	case api.ModeHTTP:
@@ -204,6 +215,7 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 		Stderr: stderr,
 	})
 	if err != nil {
+		close(cgroupKnown)
 		if inst.rt != nil {
 			inst.rt.Close()
 		}
@@ -211,7 +223,10 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	}
 	inst.sb = sb
 	cg := sb.CgroupV2Path()
-	cgroupDir.Store(&cg)
+	cgroupDir = cg
+	close(cgroupKnown)
+	w.live.Store(inst.id, cg)
+	inst.onStop = func() { w.live.Delete(inst.id) }
 	if err := inst.waitReady(ctx); err != nil {
 		stopCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		defer c()

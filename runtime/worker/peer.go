@@ -30,11 +30,36 @@ const acceptWait = 2 * time.Second
 // instance's Runtime API or impersonating its HTTP server: without network
 // namespaces, loopback ports are shared, but sockets are owned.
 func checkLoopbackPeer(conn net.Conn, cgroupDir string) error {
-	local, err1 := netip.ParseAddrPort(conn.LocalAddr().String())
-	remote, err2 := netip.ParseAddrPort(conn.RemoteAddr().String())
-	if err1 != nil || err2 != nil {
-		return fmt.Errorf("%w: not a TCP connection", errPeerNotInInstance)
+	local, remote, err := connAddrs(conn.LocalAddr(), conn.RemoteAddr())
+	if err != nil {
+		return err
 	}
+	inode, err := peerInode(local, remote)
+	if err != nil {
+		return err
+	}
+	held, err := cgroupHoldsSocket(cgroupDir, inode)
+	if err != nil {
+		return err
+	}
+	if !held {
+		return fmt.Errorf("%w: socket %s held outside %s", errPeerNotInInstance, inode, cgroupDir)
+	}
+	return nil
+}
+
+func connAddrs(l, r net.Addr) (local, remote netip.AddrPort, err error) {
+	local, err1 := netip.ParseAddrPort(l.String())
+	remote, err2 := netip.ParseAddrPort(r.String())
+	if err1 != nil || err2 != nil {
+		return local, remote, fmt.Errorf("%w: not a TCP connection", errPeerNotInInstance)
+	}
+	return local, remote, nil
+}
+
+// peerInode returns the inode of the socket at the other end of the
+// loopback TCP connection local→remote.
+func peerInode(local, remote netip.AddrPort) (string, error) {
 	// The peer's socket has local=our remote and remote=our local. A
 	// connection still in the peer's accept queue has no file yet (inode
 	// 0), so wait briefly for the peer to accept it.
@@ -43,20 +68,25 @@ func checkLoopbackPeer(conn net.Conn, cgroupDir string) error {
 	for wait, waited := 100*time.Microsecond, time.Duration(0); ; wait *= 2 {
 		inode, err = findSocketInode(remote, local)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if inode != "0" {
 			break
 		}
 		if waited > acceptWait {
-			return fmt.Errorf("%w: connection not accepted within %s", errPeerNotInInstance, acceptWait)
+			return "", fmt.Errorf("%w: connection not accepted within %s", errPeerNotInInstance, acceptWait)
 		}
 		time.Sleep(wait)
 		waited += wait
 	}
+	return inode, nil
+}
+
+// cgroupHoldsSocket reports whether a process of the cgroup holds the socket.
+func cgroupHoldsSocket(cgroupDir, inode string) (bool, error) {
 	procs, err := os.ReadFile(filepath.Join(cgroupDir, "cgroup.procs"))
 	if err != nil {
-		return fmt.Errorf("read instance processes: %w", err)
+		return false, fmt.Errorf("read instance processes: %w", err)
 	}
 	want := "socket:[" + inode + "]"
 	for _, pid := range strings.Fields(string(procs)) {
@@ -67,11 +97,11 @@ func checkLoopbackPeer(conn net.Conn, cgroupDir string) error {
 		}
 		for _, e := range ents {
 			if l, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && l == want {
-				return nil
+				return true, nil
 			}
 		}
 	}
-	return fmt.Errorf("%w: socket %s held outside %s", errPeerNotInInstance, inode, cgroupDir)
+	return false, nil
 }
 
 // findSocketInode returns the inode of the TCP socket whose local address is
@@ -121,4 +151,28 @@ func procNetAddr(ap netip.AddrPort) string {
 		hexAddr = strings.ToUpper(hex.EncodeToString(out))
 	}
 	return hexAddr + ":" + fmt.Sprintf("%04X", ap.Port())
+}
+
+// IsInstancePeer reports whether the other end of a loopback TCP connection
+// (given by its local and remote address as the server sees them) is held
+// by a process of one of this worker's live instances. The gateway uses it
+// to refuse to treat a function as the local administrator.
+func (w *Worker) IsInstancePeer(local, remote net.Addr) bool {
+	l, r, err := connAddrs(local, remote)
+	if err != nil || !r.Addr().Unmap().IsLoopback() {
+		return false
+	}
+	inode, err := peerInode(l, r)
+	if err != nil {
+		return false
+	}
+	held := false
+	w.live.Range(func(_, dir any) bool {
+		if ok, _ := cgroupHoldsSocket(dir.(string), inode); ok {
+			held = true
+			return false
+		}
+		return true
+	})
+	return held
 }

@@ -73,7 +73,6 @@ func TestCheckLoopbackPeer(t *testing.T) {
 	}
 }
 
-
 // TestCheckLoopbackPeerWaitsForAccept: a connection still in the listener's
 // accept queue has no owner yet; the check waits for the accept.
 func TestCheckLoopbackPeerWaitsForAccept(t *testing.T) {

@@ -85,6 +85,7 @@ type Worker struct {
 	pkgDir  string
 	unpackM sync.Mutex
 	unpack  map[string]*unpackCall
+	live    sync.Map // instance id → cgroup v2 dir, while the instance runs
 }
 
 type unpackCall struct {
@@ -202,27 +203,41 @@ func (w *Worker) Invoke(ctx context.Context, req api.Invocation) (*api.Invocatio
 		return nil, err
 	}
 	inst := lease.Instance().(*instance)
-	resp, err := inst.invoke(ctx, req, w.cfg.MaxResponseBytes)
-	if err != nil {
-		reason := "error"
-		switch {
-		case errors.Is(err, api.ErrTimeout):
-			reason = "timeout"
-		case errors.Is(err, api.ErrCrashed):
-			reason = "crashed"
-		case errors.Is(err, context.Canceled):
-			reason = "canceled"
+	// The invocation runs to its end (or its timeout) even when the caller
+	// goes away, as on Lambda: the function is mid-event and the instance
+	// stays reusable afterwards.
+	type outcome struct {
+		resp *api.InvocationResult
+		err  error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		resp, err := inst.invoke(context.WithoutCancel(ctx), req, w.cfg.MaxResponseBytes)
+		if err != nil {
+			reason := "error"
+			switch {
+			case errors.Is(err, api.ErrTimeout):
+				reason = "timeout"
+			case errors.Is(err, api.ErrCrashed):
+				reason = "crashed"
+			}
+			lease.Discard(reason)
+		} else {
+			lease.Release()
+			resp.ColdStart = lease.Cold
+			if lease.Cold {
+				resp.InitDuration = initDur
+			}
+			resp.InstanceID = inst.id
 		}
-		lease.Discard(reason)
-		return nil, err
+		done <- outcome{resp, err}
+	}()
+	select {
+	case o := <-done:
+		return o.resp, o.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	lease.Release()
-	resp.ColdStart = lease.Cold
-	if lease.Cold {
-		resp.InitDuration = initDur
-	}
-	resp.InstanceID = inst.id
-	return resp, nil
 }
 
 // ensurePackage unpacks a package once into the cache and returns its dir.

@@ -4,8 +4,9 @@
 // alias), INVALID_ARGUMENT (malformed request), RESOURCE_EXHAUSTED (no
 // capacity within the wait budget, or payload over the limit),
 // DEADLINE_EXCEEDED (the function timed out; its instance was killed),
-// PERMISSION_DENIED (policy), UNAVAILABLE (the platform could not run the
-// function). An error raised by the function itself is not a gRPC error: the
+// PERMISSION_DENIED (denied by policy), UNAUTHENTICATED (credentials failed
+// verification), INTERNAL (the platform could not run the function). An
+// error raised by the function itself is not a gRPC error: the
 // call succeeds and InvokeResponse.function_error is set, as Lambda's
 // X-Amz-Function-Error does.
 

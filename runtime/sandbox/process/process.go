@@ -10,8 +10,8 @@
 // /proc, a private size-limited /tmp, the function package read-only at
 // [sandbox.TaskRoot] and the Spec's extra read-only mounts. It shares the
 // host's network namespace, so the worker reaches the function over
-// 127.0.0.1; egress is enforced by eBPF programs attached to
-// [Instance.CgroupV2Path].
+// 127.0.0.1; egress is not restricted yet (eBPF programs keyed to
+// [Instance.CgroupV2Path] are planned to enforce it).
 //
 // The driver re-executes its own binary as the sandbox init (see [Init]),
 // which must therefore be the first call in main and in TestMain of any test

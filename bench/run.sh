@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# bench/run.sh — zfaas benchmarks (`make bench`, which builds bin/zfaas and
+# build/examples first). Prints every figure beside a baseline measured in
+# the same run; see bench/README.md for what each figure means.
+#
+# It starts `zfaas up` on kernel-chosen 127.0.0.1 ports in a temporary data
+# directory, runs the Go micro-benchmarks and bench/invokebench against it,
+# and always stops the platform (SIGTERM) and removes the directory.
+#
+# Environment:
+#   ZFAAS=bin/zfaas  EXAMPLES=build/examples  GO=go
+#   MICRO_BENCHTIME=0.5s   -benchtime of the Go micro-benchmarks ("" skips them)
+#   BENCH_FLAGS="..."      extra invokebench flags, e.g. "-cold 5 -duration 2s"
+#   UP_FLAGS="..."         extra `zfaas up` flags, e.g. "--config bench.yaml"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GO=${GO:-go}
+ZFAAS=${ZFAAS:-bin/zfaas}
+EXAMPLES=${EXAMPLES:-build/examples}
+MICRO_BENCHTIME=${MICRO_BENCHTIME-0.5s}
+# Same settings as `make build`, so the packages it compiled are reused.
+export CGO_ENABLED=${CGO_ENABLED:-0}
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root: the zfaas process sandbox uses Linux namespaces and cgroups (try: sudo make bench)"
+[ -x "$ZFAAS" ] || die "$ZFAAS is missing: run make build examples (make bench does)"
+for ex in http-echo hello python-hello node-hello; do
+	[ -f "$EXAMPLES/$ex/zfaas.yaml" ] || die "$EXAMPLES/$ex is missing: run make examples"
+done
+
+WORK=$(mktemp -d /tmp/zfaas-bench.XXXXXX)
+UP_PID=
+BENCH_PID=
+
+# mounted_under reports whether anything is still mounted below $1, so that
+# cleanup never deletes through a mount the platform left behind.
+mounted_under() { awk -v d="$1/" 'index($5 "/", d) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+		kill -TERM "$BENCH_PID" 2>/dev/null || true
+		wait "$BENCH_PID" 2>/dev/null || true
+	fi
+	if [ -n "$UP_PID" ] && kill -0 "$UP_PID" 2>/dev/null; then
+		kill -TERM "$UP_PID" 2>/dev/null || true
+		for _ in $(seq 1 150); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+		if kill -0 "$UP_PID" 2>/dev/null; then
+			echo "bench: the platform did not stop within 15s of SIGTERM; killing it" >&2
+			kill -KILL "$UP_PID" 2>/dev/null || true
+		fi
+		wait "$UP_PID" 2>/dev/null || true
+	fi
+	if [ "$status" != 0 ] && [ -s "$WORK/up.log" ]; then
+		echo "bench: failed; last lines of the platform's log:" >&2
+		tail -n 20 "$WORK/up.log" >&2
+	fi
+	if mounted_under "$WORK"; then
+		echo "bench: something is still mounted under $WORK; not removing it" >&2
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+t0=$SECONDS
+micro_status=0
+if [ -n "$MICRO_BENCHTIME" ]; then
+	echo "== Go micro-benchmarks (each beside its baseline-* floor; printed as go test prints them)"
+	# Optional figures: a failure is reported, and the invoke benchmarks still run.
+	"$GO" test -trimpath -count=1 -run '^$' -bench . -benchtime "$MICRO_BENCHTIME" ./bench/micro/ || micro_status=$?
+	echo
+fi
+
+"$GO" build -trimpath -o "$WORK/invokebench" ./bench/invokebench
+
+echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
+# shellcheck disable=SC2086 # UP_FLAGS is split on purpose
+"$ZFAAS" up --data-dir "$WORK/data" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
+	--client-config - --log-level warn ${UP_FLAGS:-} >"$WORK/up.out" 2>"$WORK/up.log" &
+UP_PID=$!
+GW=
+for _ in $(seq 1 300); do
+	GW=$(sed -n 's|^zfaas is up: gateway \(http://127\.0\.0\.1:[0-9]*\),.*|\1|p' "$WORK/up.out")
+	[ -n "$GW" ] && break
+	kill -0 "$UP_PID" 2>/dev/null || die "zfaas up exited before it was ready"
+	sleep 0.1
+done
+[ -n "$GW" ] || die "zfaas up was not ready within 30s"
+echo "   gateway $GW"
+
+# In the background, so that INT/TERM reach the trap at once.
+# shellcheck disable=SC2086 # BENCH_FLAGS is split on purpose
+"$WORK/invokebench" -gateway "$GW" -zfaas "$ZFAAS" -examples "$EXAMPLES" -work "$WORK" ${BENCH_FLAGS:-} &
+BENCH_PID=$!
+wait "$BENCH_PID"
+BENCH_PID=
+echo "(bench took $((SECONDS - t0)) s)"
+[ "$micro_status" = 0 ] || die "the Go micro-benchmarks failed (see their output above)"

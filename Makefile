@@ -60,9 +60,15 @@ demo: build examples ## Start the platform in a temp dir, invoke every example, 
 	./scripts/demo.sh
 
 .PHONY: test
-test: deps ## Run every test (installs what is missing first)
-	$(GO) vet ./...
+test: deps lint policy-test ## Run every test (installs what is missing first)
 	$(GO) test -count=1 -timeout 20m ./...
+	@echo "race detector on the concurrent packages:"
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./runtime/pool/ ./runtime/lambdaapi/ ./runtime/worker/ ./gateway/... ./policyd/... ./store/
+
+.PHONY: policy-test
+policy-test: ## Check and test the Rego repo with upstream OPA (opa check --strict, opa test)
+	$(GO) tool opa check --strict policies/
+	$(GO) tool opa test policies/
 
 .PHONY: test-race
 test-race: deps ## Run every test with the race detector

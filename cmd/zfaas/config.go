@@ -26,6 +26,17 @@ type upConfig struct {
 	Worker   workerConfig  `yaml:"worker"`
 	Packages packageConfig `yaml:"packages"`
 	Store    storeConfig   `yaml:"store"`
+	Policy   policyConfig  `yaml:"policy"`
+}
+
+type policyConfig struct {
+	// VerifyKeyFile is a PEM public key; when set, every pushed bundle must
+	// be signed by it.
+	VerifyKeyFile string `yaml:"verify_key_file"`
+	// KeyID is the key id bundles are signed with (default "zfaas").
+	KeyID string `yaml:"key_id"`
+	// DecisionLog records every decision in the ZFAAS_DECISIONS stream.
+	DecisionLog bool `yaml:"decision_log"`
 }
 
 type gatewayConfig struct {
@@ -93,7 +104,8 @@ func defaultUpConfig(getenv env) upConfig {
 			MaxRatio:           lim.MaxRatio,
 			MaxFiles:           lim.MaxFiles,
 		},
-		Store: storeConfig{Replicas: 1},
+		Store:  storeConfig{Replicas: 1},
+		Policy: policyConfig{DecisionLog: true},
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -840,5 +841,137 @@ func TestFunctionIsNotAdmin(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("local admin: got %d", resp.StatusCode)
+	}
+}
+
+// TestPolicyEndToEnd: a pushed revision decides at once, a broken one is
+// refused while the old one keeps deciding, a deny is a 403 with the
+// decision id that the decision log then shows, and rollback restores an
+// earlier revision.
+func TestPolicyEndToEnd(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("guarded", nil)
+	tp.deployFixture("open", nil)
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}
+	cli := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), args, getenv, &out, &out)
+		return out.String(), err
+	}
+	tp.invokeFixture("guarded", nil) // the shipped policy lets the local admin in
+
+	if out, err := cli("policy", "push", "testdata/guard-policy"); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	code, _, body := tp.rawInvoke("guarded", nil)
+	var eb api.ErrorBody
+	if code != http.StatusForbidden || json.Unmarshal(body, &eb) != nil || eb.Error.Code != "forbidden" || eb.Error.DecisionID == "" {
+		t.Fatalf("guarded after push: got %d %s, want 403 with a decision id", code, body)
+	}
+	tp.invokeFixture("open", nil)
+
+	// A revision whose test fails is refused; the last one keeps deciding.
+	broken := t.TempDir()
+	os.MkdirAll(filepath.Join(broken, "zfaas", "invoke"), 0o755)
+	os.WriteFile(filepath.Join(broken, "zfaas", "invoke", "invoke.rego"), []byte("package zfaas.invoke\n\ndecision := {\"allow\": true, \"reasons\": []}\n"), 0o644)
+	os.WriteFile(filepath.Join(broken, "zfaas", "invoke", "invoke_test.rego"), []byte("package zfaas.invoke_test\n\nimport data.zfaas.invoke\n\ntest_fails if not invoke.decision.allow\n"), 0o644)
+	if out, err := cli("policy", "push", broken); err == nil {
+		t.Fatalf("a revision with a failing test was accepted:\n%s", out)
+	}
+	os.WriteFile(filepath.Join(broken, "zfaas", "invoke", "invoke.rego"), []byte("package zfaas.invoke\n\ndecision := {{{\n"), 0o644)
+	if out, err := cli("policy", "push", broken); err == nil {
+		t.Fatalf("a revision that does not compile was accepted:\n%s", out)
+	}
+	if code, _, _ := tp.rawInvoke("guarded", nil); code != http.StatusForbidden {
+		t.Fatalf("after refused pushes guarded got %d, want the old revision's 403", code)
+	}
+
+	// The deny is in the decision log under its id, with its revision.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := cli("policy", "decisions", "--deny", "-o", "json")
+		if err != nil {
+			t.Fatalf("decisions: %v\n%s", err, out)
+		}
+		if strings.Contains(out, eb.Error.DecisionID) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("decision %s not in the log:\n%s", eb.Error.DecisionID, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Push the shipped policy again, then roll back to the guard.
+	if out, err := cli("policy", "push", "../../policies"); err != nil {
+		t.Fatalf("push shipped policies: %v\n%s", err, out)
+	}
+	tp.invokeFixture("guarded", nil)
+	if out, err := cli("policy", "rollback", "1"); err != nil {
+		t.Fatalf("rollback: %v\n%s", err, out)
+	}
+	if code, _, _ := tp.rawInvoke("guarded", nil); code != http.StatusForbidden {
+		t.Fatalf("after rollback to the guard got %d, want 403", code)
+	}
+	if out, err := cli("policy", "status"); err != nil || !strings.Contains(out, "1") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// TestEnvoyExtAuthzOnGateway: an Envoy ext_authz Check against the
+// platform's gRPC port gets the policy's answer.
+func TestEnvoyExtAuthzOnGateway(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "envoy", "authz"), 0o755)
+	os.WriteFile(filepath.Join(dir, "envoy", "authz", "authz.rego"), []byte(`package envoy.authz
+
+default allow := false
+
+allow if input.attributes.request.http.method == "GET"
+
+allow if input.parsed_path[0] == "public"
+`), 0o644)
+	var out bytes.Buffer
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}
+	if err := run(context.Background(), []string{"policy", "push", dir}, getenv, &out, &out); err != nil {
+		t.Fatalf("push: %v\n%s", err, out.String())
+	}
+	conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := authv3.NewAuthorizationClient(conn)
+	check := func(method, path string) codes.Code {
+		resp, err := c.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: method, Path: path, Host: "svc"}},
+		}})
+		if err != nil {
+			t.Fatalf("Check: %v", err)
+		}
+		return codes.Code(resp.GetStatus().GetCode())
+	}
+	for _, tt := range []struct {
+		method, path string
+		want         codes.Code
+	}{
+		{"GET", "/private/x", codes.OK},
+		{"POST", "/public/x", codes.OK},
+		{"POST", "/private/x", codes.PermissionDenied},
+	} {
+		if got := check(tt.method, tt.path); got != tt.want {
+			t.Errorf("%s %s: got %v, want %v", tt.method, tt.path, got, tt.want)
+		}
 	}
 }

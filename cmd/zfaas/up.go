@@ -148,12 +148,20 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	var verifyKey []byte
+	if cfg.Policy.VerifyKeyFile != "" {
+		if verifyKey, err = os.ReadFile(cfg.Policy.VerifyKeyFile); err != nil {
+			return nil, fmt.Errorf("policy.verify_key_file: %w", err)
+		}
+	}
 	p.policy, err = policyd.New(bg, policyd.Config{
 		Store:       p.store,
 		Node:        "local",
 		Logger:      log,
 		Default:     policies.FS,
-		DecisionLog: true,
+		DecisionLog: cfg.Policy.DecisionLog,
+		VerifyKey:   verifyKey,
+		KeyID:       cfg.Policy.KeyID,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)

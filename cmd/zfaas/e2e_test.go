@@ -975,3 +975,31 @@ allow if input.parsed_path[0] == "public"
 		}
 	}
 }
+
+// TestFunctionLogsFollow: a follower sees output of an invocation made
+// after it started.
+func TestFunctionLogsFollow(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("tail", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	got := make(chan api.LogRecord, 16)
+	go func() {
+		_ = tp.c.Logs(ctx, "tail", "1m", true, func(r api.LogRecord) { got <- r })
+	}()
+	time.Sleep(300 * time.Millisecond)
+	_, meta := tp.invokeFixture("tail", map[string]any{"action": "log", "data": "followed-7"})
+	for {
+		select {
+		case r := <-got:
+			if strings.Contains(r.Line, "followed-7") {
+				if r.InvocationID != meta.InvocationID || r.Stream != "stdout" {
+					t.Fatalf("got %+v, want stdout of invocation %s", r, meta.InvocationID)
+				}
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("the follower never saw the line")
+		}
+	}
+}

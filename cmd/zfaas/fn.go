@@ -296,7 +296,23 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// oneArg parses flags and exactly n positional arguments.
+// clientArgs registers the common client flags on fs, parses exactly n
+// positional arguments and returns the flags, the arguments and a client.
+func clientArgs(fs *flag.FlagSet, args []string, n int, getenv env) (*cliFlags, []string, *client.Client, error) {
+	cf := &cliFlags{}
+	cf.register(fs)
+	pos, err := parseN(fs, args, n)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := cf.client(getenv)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cf, pos, c, nil
+}
+
+// parseN parses flags and exactly n positional arguments.
 func parseN(fs *flag.FlagSet, args []string, n int) ([]string, error) {
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -311,12 +327,7 @@ func parseN(fs *flag.FlagSet, args []string, n int) ([]string, error) {
 
 func fnList(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas fn ls", "zfaas fn ls [-o json]", stderr)
-	var cf cliFlags
-	cf.register(fs)
-	if _, err := parseN(fs, args, 0); err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, _, c, err := clientArgs(fs, args, 0, getenv)
 	if err != nil {
 		return err
 	}
@@ -359,13 +370,7 @@ func aliasList(as map[string]api.Alias) string {
 
 func fnGet(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas fn get", "zfaas fn get NAME [-o json]", stderr)
-	var cf cliFlags
-	cf.register(fs)
-	pos, err := parseN(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}
@@ -395,13 +400,7 @@ func fnGet(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 
 func fnRm(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas fn rm", "zfaas fn rm NAME", stderr)
-	var cf cliFlags
-	cf.register(fs)
-	pos, err := parseN(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	_, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}
@@ -414,13 +413,7 @@ func fnRm(ctx context.Context, args []string, getenv env, stdout, stderr io.Writ
 
 func fnVersions(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas fn versions", "zfaas fn versions NAME [-o json]", stderr)
-	var cf cliFlags
-	cf.register(fs)
-	pos, err := parseN(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}
@@ -496,11 +489,9 @@ func fnAlias(ctx context.Context, args []string, getenv env, stdout, stderr io.W
 
 func fnInvoke(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas fn invoke", "zfaas fn invoke NAME[:QUALIFIER] [--data JSON|@FILE|@-]", stderr)
-	var cf cliFlags
-	cf.register(fs)
 	data := fs.String("data", "{}", "event payload: inline JSON, @FILE, or @- for standard input")
 	verbose := fs.Bool("v", false, "print invocation metadata to stderr")
-	pos, err := parseN(fs, args, 1)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}
@@ -515,10 +506,6 @@ func fnInvoke(ctx context.Context, args []string, getenv env, stdout, stderr io.
 	}
 	if err != nil {
 		return fmt.Errorf("read payload: %w", err)
-	}
-	c, err := cf.client(getenv)
-	if err != nil {
-		return err
 	}
 	out, meta, err := c.Invoke(ctx, pos[0], payload)
 	if *verbose || cf.output == "json" {
@@ -543,15 +530,9 @@ func fnInvoke(ctx context.Context, args []string, getenv env, stdout, stderr io.
 
 func fnLogs(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas fn logs", "zfaas fn logs NAME [-f] [--since 1h] [-o json]", stderr)
-	var cf cliFlags
-	cf.register(fs)
 	follow := fs.Bool("f", false, "follow: keep printing new output")
 	since := fs.Duration("since", time.Hour, "show output from this long ago")
-	pos, err := parseN(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}

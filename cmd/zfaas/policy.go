@@ -180,15 +180,9 @@ func policyBuild(args []string, stdout, stderr io.Writer) error {
 
 func policyPush(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas policy push", "zfaas policy push DIR|BUNDLE.tar.gz [--signing-key PEM] [flags]", stderr)
-	var cf cliFlags
-	cf.register(fs)
 	var sf signFlags
 	sf.register(fs)
-	pos, err := parseN(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}
@@ -238,12 +232,7 @@ func signedNote(info policydv1.RevisionInfo) string {
 
 func policyStatus(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas policy status", "zfaas policy status [-o json]", stderr)
-	var cf cliFlags
-	cf.register(fs)
-	if _, err := parseN(fs, args, 0); err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, _, c, err := clientArgs(fs, args, 0, getenv)
 	if err != nil {
 		return err
 	}
@@ -280,9 +269,7 @@ func policyStatus(ctx context.Context, args []string, getenv env, stdout, stderr
 
 func policyRollback(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas policy rollback", "zfaas policy rollback REVISION", stderr)
-	var cf cliFlags
-	cf.register(fs)
-	pos, err := parseN(fs, args, 1)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
 	if err != nil {
 		return err
 	}
@@ -290,10 +277,6 @@ func policyRollback(ctx context.Context, args []string, getenv env, stdout, stde
 	if err != nil || n < 1 {
 		fmt.Fprintf(stderr, "zfaas policy rollback: revision %q: want a number ≥ 1\n", pos[0])
 		return errUsage
-	}
-	c, err := cf.client(getenv)
-	if err != nil {
-		return err
 	}
 	info, err := c.RollbackPolicy(ctx, n)
 	if err != nil {
@@ -308,16 +291,11 @@ func policyRollback(ctx context.Context, args []string, getenv env, stdout, stde
 
 func policyDecisions(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas policy decisions", "zfaas policy decisions [--since 1h] [--deny] [--entry E] [--limit N] [-o json]", stderr)
-	var cf cliFlags
-	cf.register(fs)
 	since := fs.String("since", "1h", "how far back: a duration (1h, 30m) or an RFC 3339 time")
 	deny := fs.Bool("deny", false, "only denials")
 	entry := fs.String("entry", "", "only this entry point: invoke, deploy, admission or envoy")
 	limit := fs.Int("limit", 0, "stop after N records (0: no limit)")
-	if _, err := parseN(fs, args, 0); err != nil {
-		return err
-	}
-	c, err := cf.client(getenv)
+	cf, _, c, err := clientArgs(fs, args, 0, getenv)
 	if err != nil {
 		return err
 	}

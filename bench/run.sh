@@ -3,13 +3,19 @@
 # build/examples first). Prints every figure beside a baseline measured in
 # the same run; see bench/README.md for what each figure means.
 #
-# It starts `zfaas up` on kernel-chosen 127.0.0.1 ports in a temporary data
-# directory, runs the Go micro-benchmarks and bench/invokebench against it,
-# and always stops the platform (SIGTERM) and removes the directory.
+# It runs the Go micro-benchmarks and bench/policybench (policyd against
+# upstream OPA, which it serves itself on 127.0.0.1), then starts `zfaas up`
+# on kernel-chosen 127.0.0.1 ports in a temporary data directory and runs
+# bench/invokebench against it. It always stops the platform (SIGTERM) and
+# removes the directory.
 #
 # Environment:
 #   ZFAAS=bin/zfaas  EXAMPLES=build/examples  GO=go
 #   MICRO_BENCHTIME=0.5s   -benchtime of the Go micro-benchmarks ("" skips them)
+#   POLICY_BENCH=1         0 skips the policy benchmark
+#   POLICY_FLAGS="..."     extra policybench flags, e.g. "-decisions 5000 -pushes 3"
+#   OPA=path               the upstream OPA binary (default: `go tool -n opa`,
+#                          which builds the version in go.mod once and caches it)
 #   BENCH_FLAGS="..."      extra invokebench flags, e.g. "-cold 5 -duration 2s"
 #   UP_FLAGS="..."         extra `zfaas up` flags, e.g. "--config bench.yaml"
 set -euo pipefail
@@ -19,6 +25,7 @@ GO=${GO:-go}
 ZFAAS=${ZFAAS:-bin/zfaas}
 EXAMPLES=${EXAMPLES:-build/examples}
 MICRO_BENCHTIME=${MICRO_BENCHTIME-0.5s}
+POLICY_BENCH=${POLICY_BENCH:-1}
 # Same settings as `make build`, so the packages it compiled are reused.
 export CGO_ENABLED=${CGO_ENABLED:-0}
 
@@ -78,6 +85,35 @@ if [ -n "$MICRO_BENCHTIME" ]; then
 	echo
 fi
 
+policy_status=0
+if [ "$POLICY_BENCH" != 0 ]; then
+	echo "== policy engine: policyd in process vs upstream OPA's REST API (the table is printed at the end)"
+	# Optional figures, like the micro-benchmarks: a failure is reported, and
+	# the invoke benchmarks still run.
+	policy_run() {
+		local opa=${OPA:-}
+		if [ -z "$opa" ]; then
+			# The tool directive in go.mod pins OPA; `go tool -n` builds it once,
+			# caches the binary and prints its path. Without the directive, build
+			# the same version from the module graph.
+			opa=$("$GO" tool -n opa 2>"$WORK/opa-build.log") && [ -x "$opa" ] || {
+				echo "   \`go tool -n opa\` failed ($(tail -n 1 "$WORK/opa-build.log")); building OPA with go build"
+				opa=$WORK/opa
+				"$GO" build -trimpath -o "$opa" github.com/open-policy-agent/opa || return
+			}
+		fi
+		"$GO" build -trimpath -o "$WORK/policybench" ./bench/policybench || return
+		# In the background, so that INT/TERM reach the trap at once.
+		# shellcheck disable=SC2086 # POLICY_FLAGS is split on purpose
+		"$WORK/policybench" -opa "$opa" -policies policies -work "$WORK" ${POLICY_FLAGS:-} >"$WORK/policy.txt" &
+		BENCH_PID=$!
+		wait "$BENCH_PID"
+	}
+	policy_run || policy_status=$?
+	BENCH_PID=
+	echo
+fi
+
 "$GO" build -trimpath -o "$WORK/invokebench" ./bench/invokebench
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
@@ -101,5 +137,7 @@ echo "   gateway $GW"
 BENCH_PID=$!
 wait "$BENCH_PID"
 BENCH_PID=
+[ ! -s "$WORK/policy.txt" ] || cat "$WORK/policy.txt"
 echo "(bench took $((SECONDS - t0)) s)"
 [ "$micro_status" = 0 ] || die "the Go micro-benchmarks failed (see their output above)"
+[ "$policy_status" = 0 ] || die "the policy benchmark failed (see its output above)"

@@ -139,21 +139,31 @@ func (g *Gateway) handlePolicyDecisions(w http.ResponseWriter, r *http.Request) 
 	since := time.Hour
 	if s := q.Get("since"); s != "" {
 		d, err := time.ParseDuration(s)
+		if err != nil {
+			// Or a point in time.
+			if at, terr := time.Parse(time.RFC3339, s); terr == nil {
+				d, err = g.cfg.Now().Sub(at), nil
+			}
+		}
 		if err != nil || d <= 0 {
-			g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "since must be a positive duration such as 10m"))
+			g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "since must be a positive duration such as 10m, or an RFC 3339 time in the past"))
 			return
 		}
 		since = d
 	}
 	deny, _ := strconv.ParseBool(q.Get("deny"))
+	const maxLimit = 100000
 	limit := 1000
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 100000 {
-			g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "limit must be 1..100000"))
+		if err != nil || n < 0 || n > maxLimit {
+			g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "limit must be 0 (the server's maximum, 100000) .. 100000"))
 			return
 		}
 		limit = n
+		if n == 0 {
+			limit = maxLimit
+		}
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	bw := bufio.NewWriter(w)

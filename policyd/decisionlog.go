@@ -231,14 +231,19 @@ func (l *decisionLog) build(ctx context.Context, it logItem) DecisionRecord {
 		return rec
 	}
 	event := map[string]any{"input": input, "result": result}
+	// The built-in mask always applies, whatever the revision says, so a
+	// revision without (or with a weaker) zfaas.log.mask never logs
+	// credentials; the revision's own mask adds to it.
+	ops := builtinMask()
 	if defined {
-		ops, err := parseMask(ms)
+		extra, err := parseMask(ms)
 		if err != nil {
 			rec.MaskFailed = true
 			return rec
 		}
-		rec.Erased = applyMask(event, ops)
+		ops = append(ops, extra...)
 	}
+	rec.Erased = applyMask(event, ops)
 	rec.Input, rec.Result = event["input"], event["result"]
 	return rec
 }

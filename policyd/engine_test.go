@@ -599,3 +599,41 @@ func TestMask(t *testing.T) {
 		}
 	}
 }
+
+// TestBuiltinMaskWithoutRevisionMask: a revision that defines no
+// zfaas.log.mask still never logs credentials.
+func TestBuiltinMaskWithoutRevisionMask(t *testing.T) {
+	ctx := testContext(t)
+	fsys := fstest.MapFS{
+		"zfaas/invoke/invoke.rego": &fstest.MapFile{Data: []byte("package zfaas.invoke\n\ndecision := {\"allow\": true, \"reasons\": [\"open\"]}\n")},
+	}
+	e := newEngine(t, newStore(t), Config{DecisionLog: true})
+	if _, err := e.PushFS(ctx, fsys, "test"); err != nil {
+		t.Fatalf("PushFS: %v", err)
+	}
+	if _, err := e.Decide(ctx, EntryInvoke, map[string]any{
+		"request": map[string]any{"headers": map[string]any{"authorization": "Bearer s3cret", "cookie": "a=b", "accept": "*/*"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.FlushDecisionLog(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var recs []DecisionRecord
+	if err := e.Decisions(ctx, DecisionFilter{}, func(r DecisionRecord) { recs = append(recs, r) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 {
+		t.Fatalf("got %d records, want 1", len(recs))
+	}
+	headers := recs[0].Input.(map[string]any)["request"].(map[string]any)["headers"].(map[string]any)
+	if _, ok := headers["authorization"]; ok {
+		t.Errorf("authorization logged without a revision mask: %v", headers)
+	}
+	if _, ok := headers["cookie"]; ok {
+		t.Errorf("cookie logged without a revision mask: %v", headers)
+	}
+	if headers["accept"] != "*/*" {
+		t.Errorf("unmasked header lost: %v", headers)
+	}
+}

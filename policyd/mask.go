@@ -224,3 +224,30 @@ type sliceRef struct {
 	s   *[]any
 	set func(any)
 }
+
+// builtinMaskPointers are erased from every decision-log record: request
+// credentials and bodies, in zfaas's input and in Envoy ext_authz input.
+var builtinMaskPointers = []string{
+	"/input/request/headers/authorization",
+	"/input/request/headers/proxy-authorization",
+	"/input/request/headers/cookie",
+	"/input/request/body",
+	"/input/attributes/request/http/headers/authorization",
+	"/input/attributes/request/http/headers/proxy-authorization",
+	"/input/attributes/request/http/headers/cookie",
+	"/input/attributes/request/http/body",
+	"/input/attributes/request/http/raw_body",
+	"/input/parsed_body",
+}
+
+func builtinMask() []maskOp {
+	ops := make([]maskOp, 0, len(builtinMaskPointers))
+	for _, p := range builtinMaskPointers {
+		toks, err := pointerTokens(p)
+		if err != nil {
+			continue // not reached: the constants above are well formed
+		}
+		ops = append(ops, maskOp{path: p, tokens: toks})
+	}
+	return ops
+}

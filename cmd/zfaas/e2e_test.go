@@ -833,6 +833,16 @@ func TestFunctionIsNotAdmin(t *testing.T) {
 			t.Errorf("function GET %s: got %q (%s), want 403", path, r.Data, r.Err)
 		}
 	}
+	// A request whose socket is closed before the gateway looks at its
+	// owner is not the administrator's either.
+	tp.deployFixture("victim", nil)
+	if r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "hit-and-run", "path": tp.p.httpAddr, "data": "victim"}); r.Err != "" {
+		t.Fatal(r.Err)
+	}
+	time.Sleep(3 * time.Second)
+	if _, err := tp.c.Get(context.Background(), "victim"); err != nil {
+		t.Fatalf("a function deleted another function: %v", err)
+	}
 	// The same request from the host is the local administrator's.
 	resp, err := http.Get(tp.url + "/v1/functions")
 	if err != nil {

@@ -25,7 +25,7 @@ Commands:
   test DIR                          run the policy's _test.rego tests locally
   build DIR --out FILE              pack DIR into an OPA bundle (optionally signed)
   push DIR|BUNDLE.tar.gz            test, push and activate a new policy revision
-  status                            show the active revision and each node's
+  status                            show the active revision and each node's view
   rollback REVISION                 make an older revision active again
   decisions [--since 1h] [--deny]   show decision-log records
 `
@@ -294,7 +294,7 @@ func policyDecisions(ctx context.Context, args []string, getenv env, stdout, std
 	since := fs.String("since", "1h", "how far back: a duration (1h, 30m) or an RFC 3339 time")
 	deny := fs.Bool("deny", false, "only denials")
 	entry := fs.String("entry", "", "only this entry point: invoke, deploy, admission or envoy")
-	limit := fs.Int("limit", 0, "stop after N records (0: no limit)")
+	limit := fs.Int("limit", 0, "stop after N records (0: the server's maximum, 100000)")
 	cf, _, c, err := clientArgs(fs, args, 0, getenv)
 	if err != nil {
 		return err

@@ -35,6 +35,8 @@ func policyErr(err error) error {
 		return fmt.Errorf("%w: %s", gateway.ErrPolicyRejected, re.Error())
 	case errors.Is(err, policyd.ErrRevisionNotFound):
 		return fmt.Errorf("%w: %w", gateway.ErrPolicyRevisionNotFound, err)
+	case errors.Is(err, policyd.ErrContention):
+		return fmt.Errorf("%w: %w", gateway.ErrContention, err)
 	}
 	return err
 }

@@ -44,6 +44,9 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
+	if e.DecisionID != "" {
+		return fmt.Sprintf("%s (%d %s, decision %s)", e.Message, e.Status, e.Code, e.DecisionID)
+	}
 	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
 }
 

@@ -49,7 +49,7 @@ type DecisionQuery struct {
 	DenyOnly bool
 	// Entry selects one entry point (invoke, deploy, admission, envoy).
 	Entry string
-	// Limit stops after this many records; 0 means no limit.
+	// Limit stops after this many records; 0 means the server's maximum (100000).
 	Limit int
 }
 

@@ -154,22 +154,27 @@ func procNetAddr(ap netip.AddrPort) string {
 }
 
 // IsInstancePeer reports whether the other end of a loopback TCP connection
-// (given by its local and remote address as the server sees them) is held
-// by a process of one of this worker's live instances. The gateway uses it
-// to refuse to treat a function as the local administrator.
+// (given by its local and remote address as the server sees them) may be a
+// process of one of this worker's live instances. The gateway uses it to
+// refuse to treat a function as the local administrator, so it fails
+// closed: a peer whose socket cannot be found or has no owner any more (it
+// was closed after sending) counts as an instance.
 func (w *Worker) IsInstancePeer(local, remote net.Addr) bool {
 	l, r, err := connAddrs(local, remote)
-	if err != nil || !r.Addr().Unmap().IsLoopback() {
-		return false
-	}
-	inode, err := peerInode(l, r)
 	if err != nil {
-		return false
+		return true
+	}
+	if !r.Addr().Unmap().IsLoopback() {
+		return false // instances share the host's loopback only
+	}
+	inode, err := findSocketInode(r, l)
+	if err != nil || inode == "0" {
+		return true
 	}
 	held := false
 	w.live.Range(func(_, dir any) bool {
-		if ok, _ := cgroupHoldsSocket(dir.(string), inode); ok {
-			held = true
+		if ok, err := cgroupHoldsSocket(dir.(string), inode); ok || err != nil {
+			held = true // an unreadable instance counts as holding it
 			return false
 		}
 		return true

@@ -101,3 +101,34 @@ func TestCheckLoopbackPeerWaitsForAccept(t *testing.T) {
 		t.Fatalf("got %v, want the check to wait for the accept", err)
 	}
 }
+
+// TestIsInstancePeerFailsClosed: a peer whose socket is gone counts as an
+// instance; a live host peer does not.
+func TestIsInstancePeerFailsClosed(t *testing.T) {
+	w := &Worker{}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	if w.IsInstancePeer(server.LocalAddr(), server.RemoteAddr()) {
+		t.Fatal("a live peer of this (non-instance) process counted as an instance")
+	}
+	client.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for !w.IsInstancePeer(server.LocalAddr(), server.RemoteAddr()) {
+		if time.Now().After(deadline) {
+			t.Fatal("a peer that closed its socket still counts as the host")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -450,3 +450,20 @@ func latest(ent store.Entry, ch <-chan store.Entry) (store.Entry, bool) {
 		}
 	}
 }
+
+// ResetActive is the break-glass recovery for a revision that locks every
+// administrator out (for example one that turns the local administrator
+// off before identities exist): it forgets which revision is active, so
+// engines that start afterwards serve their Config.Default policy again.
+// Revisions stay stored and can be rolled back to. It is meant to run with
+// the platform stopped, by an operator who can reach the store directly.
+func ResetActive(ctx context.Context, st *store.Store) error {
+	kv, err := st.KV(ctx, Bucket)
+	if err != nil {
+		return fmt.Errorf("policyd: %w", err)
+	}
+	if err := kv.Delete(ctx, keyActive, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("policyd: reset active revision: %w", err)
+	}
+	return nil
+}

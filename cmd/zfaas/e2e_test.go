@@ -1013,3 +1013,46 @@ func TestFunctionLogsFollow(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyLockoutRecovery: a revision that turns the local administrator
+// off locks the CLI out; `zfaas policy reset` with the platform stopped
+// brings the shipped policy back.
+func TestPolicyLockoutRecovery(t *testing.T) {
+	dir := t.TempDir()
+	tp := startTest(t, dir, nil)
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}
+	cli := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), args, getenv, &out, &out)
+		return out.String(), err
+	}
+	locked := t.TempDir()
+	os.MkdirAll(filepath.Join(locked, "zfaas", "deploy"), 0o755)
+	os.WriteFile(filepath.Join(locked, "zfaas", "deploy", "deploy.rego"), []byte("package zfaas.deploy\n\ndecision := {\"allow\": false, \"reasons\": [\"locked\"]}\n"), 0o644)
+	if out, err := cli("policy", "push", locked); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	if _, err := cli("policy", "status"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("status under the locking revision: got %v, want 403", err)
+	}
+	tp.stop()
+	if out, err := cli("policy", "reset", "--data-dir", dir); err != nil {
+		t.Fatalf("reset: %v\n%s", err, out)
+	}
+	tp2 := startTest(t, dir, nil)
+	getenv2 := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp2.url
+		}
+		return ""
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"policy", "status"}, getenv2, &out, &out); err != nil {
+		t.Fatalf("status after reset: %v\n%s", err, out.String())
+	}
+}

@@ -8,7 +8,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -17,6 +19,7 @@ import (
 	policydv1 "github.com/zfaas/zfaas/api/policyd/v1"
 	"github.com/zfaas/zfaas/gateway/client"
 	"github.com/zfaas/zfaas/policyd"
+	"github.com/zfaas/zfaas/store"
 )
 
 const policyUsage = `Usage: zfaas policy <command>
@@ -28,6 +31,8 @@ Commands:
   status                            show the active revision and each node's view
   rollback REVISION                 make an older revision active again
   decisions [--since 1h] [--deny]   show decision-log records
+  reset --data-dir DIR              break glass: with the platform stopped, forget
+                                    the active revision so the shipped policy serves
 `
 
 func runPolicy(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
@@ -49,6 +54,8 @@ func runPolicy(ctx context.Context, args []string, getenv env, stdout, stderr io
 		return policyRollback(ctx, args, getenv, stdout, stderr)
 	case "decisions":
 		return policyDecisions(ctx, args, getenv, stdout, stderr)
+	case "reset":
+		return policyReset(ctx, args, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, policyUsage)
 		return nil
@@ -325,4 +332,30 @@ func policyDecisions(ctx context.Context, args []string, getenv env, stdout, std
 		err = ferr
 	}
 	return err
+}
+
+// policyReset is the break-glass recovery from a revision that locks every
+// administrator out: with the platform stopped it opens the store in the
+// data directory and forgets the active revision, so the next start serves
+// the shipped policy. Pushed revisions stay and can be rolled back to.
+func policyReset(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
+	fs := newFlagSet("zfaas policy reset", "zfaas policy reset --data-dir DIR (with the platform stopped)", stderr)
+	dataDir := fs.String("data-dir", defaultUpConfig(getenv).DataDir, "the platform's data directory")
+	if _, err := parseN(fs, args, 0); err != nil {
+		return err
+	}
+	natsDir := filepath.Join(*dataDir, "nats")
+	if _, err := os.Stat(natsDir); err != nil {
+		return fmt.Errorf("no platform state in %s: %w", *dataDir, err)
+	}
+	st, err := store.Open(ctx, store.Config{DataDir: natsDir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return fmt.Errorf("open the store (is the platform still running?): %w", err)
+	}
+	defer st.Close()
+	if err := policyd.ResetActive(ctx, st); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "no policy revision is active any more: the next start serves the shipped policy")
+	return nil
 }

@@ -10,8 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // errPeerNotInInstance is returned when the process on the other end of a
@@ -105,8 +109,22 @@ func cgroupHoldsSocket(cgroupDir, inode string) (bool, error) {
 }
 
 // findSocketInode returns the inode of the TCP socket whose local address is
-// loc and remote address is rem.
+// loc and remote address is rem. It asks the kernel through sock_diag for
+// that one socket, and scans /proc/net/tcp only when netlink is unavailable
+// (a scan costs milliseconds once thousands of sockets exist).
 func findSocketInode(loc, rem netip.AddrPort) (string, error) {
+	s, err := netlink.SocketGet(net.TCPAddrFromAddrPort(loc), net.TCPAddrFromAddrPort(rem))
+	if err == nil {
+		return strconv.FormatUint(uint64(s.INode), 10), nil
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return "", fmt.Errorf("%w: no socket %s -> %s", errPeerNotInInstance, loc, rem)
+	}
+	return scanSocketInode(loc, rem)
+}
+
+// scanSocketInode is findSocketInode by reading /proc/net/tcp{,6}.
+func scanSocketInode(loc, rem netip.AddrPort) (string, error) {
 	file := "/proc/net/tcp"
 	if loc.Addr().Is6() && !loc.Addr().Is4In6() {
 		file = "/proc/net/tcp6"

@@ -132,3 +132,41 @@ func TestIsInstancePeerFailsClosed(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestFindSocketInodeAgreesWithProc: the netlink lookup and the
+// /proc/net/tcp scan name the same socket.
+func TestFindSocketInodeAgreesWithProc(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	l, r, err := connAddrs(client.LocalAddr(), client.RemoteAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := findSocketInode(l, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := scanSocketInode(l, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want || got == "0" {
+		t.Fatalf("netlink inode %s, /proc inode %s", got, want)
+	}
+	if _, err := findSocketInode(l, netip.MustParseAddrPort("127.0.0.1:1")); err == nil {
+		t.Fatal("found a socket that does not exist")
+	}
+}

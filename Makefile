@@ -6,6 +6,7 @@ EXAMPLES_OUT := build/examples
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PREFIX ?= /usr/local
+FUZZTIME ?= 15s
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
@@ -62,6 +63,8 @@ demo: build examples ## Start the platform in a temp dir, invoke every example, 
 .PHONY: test
 test: deps lint policy-test ## Run every test (installs what is missing first)
 	$(GO) test -count=1 -timeout 20m ./...
+	@echo "fuzzing the package parser for a bounded time (corpus in runtime/archive/testdata/fuzz):"
+	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME) ./runtime/archive/
 	@echo "race detector on the concurrent packages:"
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./runtime/pool/ ./runtime/lambdaapi/ ./runtime/worker/ ./gateway/... ./policyd/... ./store/
 

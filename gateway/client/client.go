@@ -247,7 +247,25 @@ func (c *Client) Logs(ctx context.Context, name, since string, follow bool, fn f
 	if follow {
 		q.Set("follow", "true")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/functions/"+url.PathEscape(name)+"/logs", q), nil)
+	err := streamNDJSON(ctx, c, "/v1/functions/"+url.PathEscape(name)+"/logs", q, func(dec *json.Decoder) error {
+		var rec api.LogRecord
+		if err := dec.Decode(&rec); err != nil {
+			return err
+		}
+		fn(rec)
+		return nil
+	})
+	if ctx.Err() != nil {
+		return nil // following ended by the caller
+	}
+	return err
+}
+
+// streamNDJSON GETs path and calls next for every JSON value of the
+// newline-delimited answer, until the stream ends (nil) or ctx or next
+// fails.
+func streamNDJSON(ctx context.Context, c *Client, path string, q url.Values, next func(*json.Decoder) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path, q), nil)
 	if err != nil {
 		return err
 	}
@@ -261,13 +279,14 @@ func (c *Client) Logs(ctx context.Context, name, since string, follow bool, fn f
 	}
 	dec := json.NewDecoder(resp.Body)
 	for {
-		var rec api.LogRecord
-		if err := dec.Decode(&rec); err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		if err := next(dec); err != nil {
+			if errors.Is(err, io.EOF) {
 				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
 			return err
 		}
-		fn(rec)
 	}
 }

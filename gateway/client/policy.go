@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -70,27 +69,12 @@ func (c *Client) PolicyDecisions(ctx context.Context, q DecisionQuery, fn func(p
 	if q.Limit > 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/policy/decisions", v), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return decodeError(resp)
-	}
-	dec := json.NewDecoder(resp.Body)
-	for {
+	return streamNDJSON(ctx, c, "/v1/policy/decisions", v, func(dec *json.Decoder) error {
 		var rec policydv1.DecisionRecord
 		if err := dec.Decode(&rec); err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() != nil {
-				return ctx.Err()
-			}
 			return err
 		}
 		fn(rec)
-	}
+		return nil
+	})
 }

@@ -3,8 +3,9 @@
 # build/examples first). Prints every figure beside a baseline measured in
 # the same run; see bench/README.md for what each figure means.
 #
-# It runs the Go micro-benchmarks and bench/policybench (policyd against
-# upstream OPA, which it serves itself on 127.0.0.1), then starts `zfaas up`
+# It runs the Go micro-benchmarks, bench/policybench (policyd against
+# upstream OPA, which it serves itself on 127.0.0.1) and bench/identitybench
+# (the Workload API on a Unix socket in $WORK), then starts `zfaas up`
 # on kernel-chosen 127.0.0.1 ports in a temporary data directory and runs
 # bench/invokebench against it. It always stops the platform (SIGTERM) and
 # removes the directory.
@@ -14,6 +15,8 @@
 #   MICRO_BENCHTIME=0.5s   -benchtime of the Go micro-benchmarks ("" skips them)
 #   POLICY_BENCH=1         0 skips the policy benchmark
 #   POLICY_FLAGS="..."     extra policybench flags, e.g. "-decisions 5000 -pushes 3"
+#   IDENTITY_BENCH=1       0 skips the identity (Workload API) benchmark
+#   IDENTITY_FLAGS="..."   extra identitybench flags, e.g. "-samples 500"
 #   OPA=path               the upstream OPA binary (default: `go tool -n opa`,
 #                          which builds the version in go.mod once and caches it)
 #   BENCH_FLAGS="..."      extra invokebench flags, e.g. "-cold 5 -duration 2s"
@@ -26,6 +29,7 @@ ZFAAS=${ZFAAS:-bin/zfaas}
 EXAMPLES=${EXAMPLES:-build/examples}
 MICRO_BENCHTIME=${MICRO_BENCHTIME-0.5s}
 POLICY_BENCH=${POLICY_BENCH:-1}
+IDENTITY_BENCH=${IDENTITY_BENCH:-1}
 # Same settings as `make build`, so the packages it compiled are reused.
 export CGO_ENABLED=${CGO_ENABLED:-0}
 
@@ -114,6 +118,23 @@ if [ "$POLICY_BENCH" != 0 ]; then
 	echo
 fi
 
+identity_status=0
+if [ "$IDENTITY_BENCH" != 0 ]; then
+	echo "== identity: Workload API FetchX509SVID first response vs a gRPC health check (the table is printed at the end)"
+	# Optional figures, like the policy benchmark.
+	identity_run() {
+		"$GO" build -trimpath -o "$WORK/identitybench" ./bench/identitybench || return
+		# In the background, so that INT/TERM reach the trap at once.
+		# shellcheck disable=SC2086 # IDENTITY_FLAGS is split on purpose
+		"$WORK/identitybench" -work "$WORK" ${IDENTITY_FLAGS:-} >"$WORK/identity.txt" &
+		BENCH_PID=$!
+		wait "$BENCH_PID"
+	}
+	identity_run || identity_status=$?
+	BENCH_PID=
+	echo
+fi
+
 "$GO" build -trimpath -o "$WORK/invokebench" ./bench/invokebench
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
@@ -138,6 +159,8 @@ BENCH_PID=$!
 wait "$BENCH_PID"
 BENCH_PID=
 [ ! -s "$WORK/policy.txt" ] || cat "$WORK/policy.txt"
+[ ! -s "$WORK/identity.txt" ] || cat "$WORK/identity.txt"
 echo "(bench took $((SECONDS - t0)) s)"
 [ "$micro_status" = 0 ] || die "the Go micro-benchmarks failed (see their output above)"
 [ "$policy_status" = 0 ] || die "the policy benchmark failed (see its output above)"
+[ "$identity_status" = 0 ] || die "the identity benchmark failed (see its output above)"

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	spiffeworkloadapi "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -1054,5 +1055,77 @@ func TestPolicyLockoutRecovery(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"policy", "status"}, getenv2, &out, &out); err != nil {
 		t.Fatalf("status after reset: %v\n%s", err, out.String())
+	}
+}
+
+// buildSPIFFEClient builds testdata/spiffe-client and returns the
+// function directory.
+func buildSPIFFEClient(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "bootstrap"), "./testdata/spiffe-client")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build spiffe client: %v\n%s", err, out)
+	}
+	return dir
+}
+
+func TestFunctionSPIFFEIdentity(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	clientDir := buildSPIFFEClient(t)
+	// A and B run the go-spiffe client; C (the fixture) reports its
+	// environment and what it can see.
+	tp.deployDir("id-a", clientDir, api.FunctionConfig{Runtime: api.RuntimeGo, Handler: "bootstrap", TimeoutSeconds: 10})
+	tp.deployDir("id-b", clientDir, api.FunctionConfig{Runtime: api.RuntimeGo, Handler: "bootstrap", TimeoutSeconds: 10})
+	tp.deployFixture("id-c", nil)
+	inst := map[string]string{}
+	for _, fn := range []string{"id-a", "id-b"} {
+		want := "spiffe://zfaas.local/ns/default/fn/" + fn
+		out, _, err := tp.c.Invoke(context.Background(), fn, []byte(`{}`))
+		if err != nil {
+			t.Fatalf("%s: invoke: %v", fn, err)
+		}
+		var reply string
+		if err := json.Unmarshal(out, &reply); err != nil {
+			t.Fatalf("%s: fetch svid: %s", fn, out)
+		}
+		got := strings.Split(reply, "|")
+		if len(got) != 4 || got[0] != want || got[1] != want {
+			t.Fatalf("%s: got x509|jwt|entries|instance %q, want both IDs %s", fn, reply, want)
+		}
+		if got[2] != "workload.sock" {
+			t.Fatalf("%s: /run/spiffe holds %q, want only workload.sock", fn, got[2])
+		}
+		inst[fn] = got[3]
+	}
+	if r, _ := tp.invokeFixture("id-c", map[string]any{"action": "env", "path": "SPIFFE_ENDPOINT_SOCKET"}); r.Data != "unix:///run/spiffe/workload.sock" {
+		t.Fatalf("SPIFFE_ENDPOINT_SOCKET=%q", r.Data)
+	}
+	epDir := filepath.Join(tp.dataDir, "identity", "ep")
+	bSock := filepath.Join(epDir, inst["id-b"], "workload.sock")
+	fi, err := os.Stat(bSock)
+	if err != nil {
+		t.Fatalf("B's endpoint on the host: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("B's socket mode %v, want 0600", fi.Mode().Perm())
+	}
+	// B's endpoint is not reachable from another instance: neither its host
+	// path nor any other endpoint is mounted there (A saw only its own
+	// socket above).
+	if r, _ := tp.invokeFixture("id-c", map[string]any{"action": "stat", "path": bSock}); r.Exists || r.Err != "" {
+		t.Fatalf("C sees B's socket at %s (%s)", bSock, r.Err)
+	}
+	// A process outside B's cgroup (this test) is refused on B's socket.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := spiffeworkloadapi.FetchX509SVID(ctx, spiffeworkloadapi.WithAddr("unix://"+bSock)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("outsider on B's socket: got %v, want PermissionDenied", err)
+	}
+	// Stopped instances leave no endpoint behind.
+	tp.stop()
+	if ents, err := os.ReadDir(epDir); err != nil || len(ents) != 0 {
+		t.Fatalf("endpoints after stop: %v, %v", ents, err)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/policyd/extauthz"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
+	"github.com/zfaas/zfaas/runtime/svid"
 	"github.com/zfaas/zfaas/runtime/worker"
 	"github.com/zfaas/zfaas/store"
 )
@@ -110,6 +111,7 @@ type platform struct {
 	store    *store.Store
 	policy   *policyd.Engine
 	worker   *worker.Worker
+	identity *svid.Provider
 	gateway  *gateway.Gateway
 	httpLn   net.Listener
 	grpcLn   net.Listener
@@ -207,6 +209,10 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o700); err != nil {
 		return nil, err
 	}
+	p.identity, err = svid.Start(ctx, filepath.Join(cfg.DataDir, "identity"), trustDomain, cfg.Worker.UID, cfg.Worker.GID, log)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
 	p.worker, err = worker.New(worker.Config{
 		DataDir:          filepath.Join(cfg.DataDir, "worker"),
 		Driver:           driver,
@@ -218,6 +224,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Logs:             p.gateway.LogSink(),
 		Observer:         p.gateway.Observer(),
 		Logger:           log,
+		Identity:         p.identity,
 	})
 	if err != nil {
 		return nil, err
@@ -300,6 +307,9 @@ func (p *platform) close(ctx context.Context) error {
 		if p.worker != nil {
 			errs = append(errs, p.worker.Close(ctx))
 		}
+		if p.identity != nil {
+			errs = append(errs, p.identity.Close())
+		}
 		if p.policy != nil {
 			errs = append(errs, p.policy.Close(ctx))
 		}
@@ -310,6 +320,9 @@ func (p *platform) close(ctx context.Context) error {
 	})
 	return errors.Join(errs...)
 }
+
+// trustDomain is the SPIFFE trust domain of an all-in-one platform.
+const trustDomain = "zfaas.local"
 
 // localAdminID is the SPIFFE ID local callers act as in development.
 const localAdminID = "spiffe://zfaas.local/user/admin"

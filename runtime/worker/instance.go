@@ -141,16 +141,23 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	// waits for the cgroup (bounded by the init timeout).
 	var cgroupDir string
 	cgroupKnown := make(chan struct{})
-	authorize := func(c net.Conn) error {
+	cgroupOf := func() (string, error) {
 		select {
 		case <-cgroupKnown:
 		case <-time.After(w.cfg.InitTimeout):
-			return errors.New("instance not started")
+			return "", errors.New("instance not started")
 		}
 		if cgroupDir == "" {
-			return errors.New("instance not started")
+			return "", errors.New("instance not started")
 		}
-		return checkLoopbackPeer(c, cgroupDir)
+		return cgroupDir, nil
+	}
+	authorize := func(c net.Conn) error {
+		dir, err := cgroupOf()
+		if err != nil {
+			return err
+		}
+		return checkLoopbackPeer(c, dir)
 	}
 	switch v.Config.Mode {
 	case api.ModeHTTP:
@@ -194,6 +201,25 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 		inst.rt = rt
 		env = append(env, "AWS_LAMBDA_RUNTIME_API="+rt.Addr())
 	}
+	mounts := []sandbox.Mount{{Source: w.rtDir, Target: sandbox.RuntimeRoot}}
+	closeEndpoint := func() {}
+	if w.cfg.Identity != nil {
+		// The endpoint exists before the sandbox starts, so the function
+		// may fetch its SVID during init; attestation waits for the cgroup.
+		dir, closeFn, err := w.cfg.Identity.Endpoint(ctx, EndpointSpec{
+			InstanceID: inst.id, Tenant: v.Tenant, Function: v.Function, CgroupDir: cgroupOf,
+		})
+		if err != nil {
+			close(cgroupKnown)
+			if inst.rt != nil {
+				inst.rt.Close()
+			}
+			return nil, fmt.Errorf("workload api endpoint: %w", err)
+		}
+		closeEndpoint = closeFn
+		mounts = append(mounts, sandbox.Mount{Source: dir, Target: EndpointMountDir})
+		env = append(env, "SPIFFE_ENDPOINT_SOCKET=unix://"+path.Join(EndpointMountDir, EndpointSocket))
+	}
 	stdout := w.newLineWriter(inst, "stdout")
 	stderr := w.newLineWriter(inst, "stderr")
 	inst.logs = []*lineWriter{stdout, stderr}
@@ -201,7 +227,7 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	sb, err := w.cfg.Driver.Start(ctx, sandbox.Spec{
 		ID:      inst.id,
 		CodeDir: codeDir,
-		Mounts:  []sandbox.Mount{{Source: w.rtDir, Target: sandbox.RuntimeRoot}},
+		Mounts:  mounts,
 		Args:    argv,
 		Env:     env,
 		WorkDir: sandbox.TaskRoot,
@@ -219,6 +245,7 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 		if inst.rt != nil {
 			inst.rt.Close()
 		}
+		closeEndpoint()
 		return nil, fmt.Errorf("start sandbox: %w", err)
 	}
 	inst.sb = sb
@@ -226,7 +253,10 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	cgroupDir = cg
 	close(cgroupKnown)
 	w.live.Store(inst.id, cg)
-	inst.onStop = func() { w.live.Delete(inst.id) }
+	inst.onStop = func() {
+		w.live.Delete(inst.id)
+		closeEndpoint()
+	}
 	if err := inst.waitReady(ctx); err != nil {
 		stopCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		defer c()

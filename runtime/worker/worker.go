@@ -48,6 +48,36 @@ type Observer interface {
 	InstanceStopped(fn string, reason string)
 }
 
+// Identity hands each function instance its SPIFFE Workload API endpoint.
+// The worker bind-mounts the returned directory read-only at
+// EndpointMountDir in the sandbox and sets SPIFFE_ENDPOINT_SOCKET to the
+// socket EndpointSocket in it.
+type Identity interface {
+	// Endpoint creates the endpoint of one instance in a directory of its
+	// own, before the sandbox starts; the socket in it must be named
+	// EndpointSocket. closeFn removes it and is called once when the
+	// instance stops.
+	Endpoint(ctx context.Context, spec EndpointSpec) (dir string, closeFn func(), err error)
+}
+
+// EndpointSpec describes the instance an endpoint serves.
+type EndpointSpec struct {
+	InstanceID string
+	Tenant     string
+	Function   string
+	// CgroupDir returns the instance's cgroup v2 directory (absolute host
+	// path). The cgroup exists only once the sandbox has started, so
+	// CgroupDir blocks until then (at most the init timeout) and fails if
+	// the instance never started. Attestation must call it per check.
+	CgroupDir func() (string, error)
+}
+
+// Where the endpoint appears inside the sandbox.
+const (
+	EndpointMountDir = "/run/spiffe"
+	EndpointSocket   = "workload.sock"
+)
+
 // Config configures a Worker.
 type Config struct {
 	// DataDir holds unpacked packages and runtime bootstraps (created 0700).
@@ -70,6 +100,9 @@ type Config struct {
 	Observer Observer
 	// Logger is the worker's own log; default discards.
 	Logger *slog.Logger
+	// Identity, when set, gives every instance its own SPIFFE Workload API
+	// endpoint (see Identity); optional.
+	Identity Identity
 	// Python3 and Node are the interpreters used for those runtimes;
 	// defaults /usr/bin/python3 and /usr/bin/node. They must lie under a
 	// directory the sandbox mounts (/usr, /bin).

@@ -1,0 +1,170 @@
+// Package svid hands each function instance its own SPIFFE identity: it
+// runs the identity CA and the SPIFFE Workload API server, and creates for
+// every instance a Unix socket in a directory of its own, which the worker
+// mounts into that instance's sandbox. A peer gets an SVID only when its
+// process is in the instance's cgroup, so an instance can never obtain
+// another function's SVID.
+package svid
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/peer"
+
+	"github.com/zfaas/zfaas/identity"
+	"github.com/zfaas/zfaas/identity/ca"
+	"github.com/zfaas/zfaas/identity/workloadapi"
+	"github.com/zfaas/zfaas/runtime/worker"
+)
+
+// Provider is the worker's Identity: a CA under DIR/ca and one
+// Workload API server with a socket per instance under DIR/ep/<instance>.
+type Provider struct {
+	td       spiffeid.TrustDomain
+	ca       *ca.CA
+	srv      *workloadapi.Server
+	att      *pendingCgroupAttestor
+	epDir    string
+	uid, gid int
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+var _ worker.Identity = (*Provider)(nil)
+
+// Start creates (or reloads) the CA under dir/ca and starts the Workload
+// API server; endpoints go under dir/ep. trustDomain is e.g. "zfaas.local";
+// uid and gid own the per-instance sockets.
+func Start(ctx context.Context, dir, trustDomain string, uid, gid int, log *slog.Logger) (*Provider, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	cgAtt, err := workloadapi.NewCgroupAttestor()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	epDir := filepath.Join(dir, "ep")
+	// Stale endpoints of an earlier run are useless: their sockets are dead.
+	if err := os.RemoveAll(epDir); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(epDir, 0o700); err != nil {
+		return nil, err
+	}
+	authority, err := ca.New(ctx, ca.Config{TrustDomain: td, Dir: filepath.Join(dir, "ca"), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	att := &pendingCgroupAttestor{inner: cgAtt, cgroups: map[string]func() (string, error){}}
+	srv, err := workloadapi.New(workloadapi.Config{Issuer: authority, Attestor: att, Logger: log})
+	if err != nil {
+		authority.Close()
+		return nil, err
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	i := &Provider{td: td, ca: authority, srv: srv, att: att, epDir: epDir, uid: uid, gid: gid, cancel: cancel}
+	for _, run := range []func(context.Context) error{authority.Run, srv.Run} {
+		i.wg.Go(func() { _ = run(bg) })
+	}
+	log.Info("workload api ready", "trust_domain", trustDomain, "endpoints", epDir)
+	return i, nil
+}
+
+// Endpoint implements worker.Identity.
+func (i *Provider) Endpoint(_ context.Context, spec worker.EndpointSpec) (string, func(), error) {
+	id, err := identity.FunctionID(i.td, spec.Tenant, spec.Function)
+	if err != nil {
+		return "", nil, err
+	}
+	dir := filepath.Join(i.epDir, spec.InstanceID)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	i.att.add(spec.InstanceID, spec.CgroupDir)
+	// The cgroup is not known yet: the attestor substitutes it per call.
+	l, err := workloadapi.ListenInstance(filepath.Join(dir, worker.EndpointSocket), workloadapi.Instance{
+		Name: spec.InstanceID, ID: id, CgroupDir: pendingCgroup, UID: i.uid, GID: i.gid,
+	})
+	if err != nil {
+		i.att.remove(spec.InstanceID)
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	go func() { _ = i.srv.Serve(l) }()
+	var once sync.Once
+	return dir, func() {
+		once.Do(func() {
+			l.Close()
+			i.att.remove(spec.InstanceID)
+			os.RemoveAll(dir)
+		})
+	}, nil
+}
+
+// Close stops the server (ending open streams) and the CA.
+func (i *Provider) Close() error {
+	i.srv.Stop()
+	i.cancel()
+	i.wg.Wait()
+	return i.ca.Close()
+}
+
+// pendingCgroup is the placeholder cgroup of a listener created before its
+// instance's cgroup exists; it lies outside every cgroup mount, so nothing
+// is attested against it.
+const pendingCgroup = "/nonexistent/zfaas-pending-cgroup"
+
+// pendingCgroupAttestor fills in an instance's cgroup (known only once the
+// sandbox started) before the cgroup check.
+type pendingCgroupAttestor struct {
+	inner   workloadapi.Attestor
+	mu      sync.Mutex
+	cgroups map[string]func() (string, error) // instance → cgroup dir
+}
+
+func (a *pendingCgroupAttestor) add(name string, f func() (string, error)) {
+	a.mu.Lock()
+	a.cgroups[name] = f
+	a.mu.Unlock()
+}
+
+func (a *pendingCgroupAttestor) remove(name string) {
+	a.mu.Lock()
+	delete(a.cgroups, name)
+	a.mu.Unlock()
+}
+
+func (a *pendingCgroupAttestor) Attest(ctx context.Context) (workloadapi.Identity, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return workloadapi.Identity{}, fmt.Errorf("%w: no peer", workloadapi.ErrNotAttested)
+	}
+	info, ok := p.AuthInfo.(workloadapi.PeerInfo)
+	if !ok || !info.HasInstance {
+		return workloadapi.Identity{}, fmt.Errorf("%w: not an instance endpoint", workloadapi.ErrNotAttested)
+	}
+	a.mu.Lock()
+	f := a.cgroups[info.Instance.Name]
+	a.mu.Unlock()
+	if f == nil {
+		return workloadapi.Identity{}, fmt.Errorf("%w: instance %s is gone", workloadapi.ErrNotAttested, info.Instance.Name)
+	}
+	dir, err := f()
+	if err != nil {
+		return workloadapi.Identity{}, fmt.Errorf("%w: instance %s: %v", workloadapi.ErrNotAttested, info.Instance.Name, err)
+	}
+	info.Instance.CgroupDir = dir
+	q := *p
+	q.AuthInfo = info
+	return a.inner.Attest(peer.NewContext(ctx, &q))
+}

@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/runtime/archive"
+	"github.com/zfaas/zfaas/runtime/sandbox"
+)
+
+type bytesSource []byte
+
+func (b bytesSource) OpenPackage(context.Context, string) (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// fakeDriver records the spec and, in HTTP mode, listens on $PORT so the
+// instance becomes ready.
+type fakeDriver struct {
+	fail error
+	spec sandbox.Spec
+	ln   net.Listener
+}
+
+func (d *fakeDriver) Start(_ context.Context, spec sandbox.Spec) (sandbox.Instance, error) {
+	d.spec = spec
+	if d.fail != nil {
+		return nil, d.fail
+	}
+	for _, kv := range spec.Env {
+		if p, ok := strings.CutPrefix(kv, "PORT="); ok {
+			ln, err := net.Listen("tcp4", "127.0.0.1:"+p)
+			if err != nil {
+				return nil, err
+			}
+			d.ln = ln
+		}
+	}
+	return &fakeInstance{id: spec.ID, done: make(chan struct{})}, nil
+}
+
+type fakeInstance struct {
+	id   string
+	done chan struct{}
+	once sync.Once
+}
+
+func (i *fakeInstance) ID() string            { return i.id }
+func (i *fakeInstance) Done() <-chan struct{} { return i.done }
+func (i *fakeInstance) Err() error            { return nil }
+func (i *fakeInstance) CgroupV2Path() string  { return "/sys/fs/cgroup/zfaas/" + i.id }
+func (i *fakeInstance) Stop(context.Context) error {
+	i.once.Do(func() { close(i.done) })
+	return nil
+}
+
+type fakeIdentity struct {
+	dir    string
+	spec   EndpointSpec
+	cgroup chan string
+	closed int
+}
+
+func (f *fakeIdentity) Endpoint(_ context.Context, spec EndpointSpec) (string, func(), error) {
+	f.spec = spec
+	// The cgroup is asked for before the sandbox starts, as an early
+	// client would; it must arrive once Start returned.
+	go func() {
+		dir, err := spec.CgroupDir()
+		if err != nil {
+			dir = "error: " + err.Error()
+		}
+		f.cgroup <- dir
+	}()
+	return f.dir, func() { f.closed++ }, nil
+}
+
+func newIdentityTestWorker(t *testing.T, d *fakeDriver, id *fakeIdentity) (*Worker, api.Version) {
+	t.Helper()
+	fn := t.TempDir()
+	if err := os.WriteFile(filepath.Join(fn, "bootstrap"), []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var pkg bytes.Buffer
+	if err := archive.ZipDir(context.Background(), fn, &pkg); err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{DataDir: t.TempDir(), Driver: d, Packages: bytesSource(pkg.Bytes()), Identity: id, InitTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := api.Version{Tenant: "default", Function: "fn-a", Version: 1, PackageDigest: "sha256:" + strings.Repeat("ab", 32),
+		Config: api.FunctionConfig{Runtime: api.RuntimeGo, Handler: "bootstrap", Mode: api.ModeHTTP, MemoryMB: 128, TimeoutSeconds: 3}}
+	return w, v
+}
+
+func TestIdentityEndpoint(t *testing.T) {
+	d := &fakeDriver{}
+	id := &fakeIdentity{dir: t.TempDir(), cgroup: make(chan string, 1)}
+	w, v := newIdentityTestWorker(t, d, id)
+	inst, err := w.start(context.Background(), v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.ln.Close()
+	if id.spec.InstanceID != inst.id || id.spec.Tenant != "default" || id.spec.Function != "fn-a" {
+		t.Fatalf("endpoint spec %+v for instance %s", id.spec, inst.id)
+	}
+	if got, want := <-id.cgroup, "/sys/fs/cgroup/zfaas/"+inst.id; got != want {
+		t.Fatalf("cgroup dir %q, want %q", got, want)
+	}
+	if !slices.Contains(d.spec.Mounts, sandbox.Mount{Source: id.dir, Target: "/run/spiffe"}) {
+		t.Fatalf("mounts %v lack the endpoint dir", d.spec.Mounts)
+	}
+	if !slices.Contains(d.spec.Env, "SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/workload.sock") {
+		t.Fatalf("env %v lacks SPIFFE_ENDPOINT_SOCKET", d.spec.Env)
+	}
+	if id.closed != 0 {
+		t.Fatal("endpoint closed while the instance runs")
+	}
+	inst.Stop(context.Background())
+	inst.Stop(context.Background())
+	if id.closed != 1 {
+		t.Fatalf("endpoint closed %d times after stop, want 1", id.closed)
+	}
+}
+
+func TestIdentityEndpointClosedWhenStartFails(t *testing.T) {
+	d := &fakeDriver{fail: errors.New("no sandbox")}
+	id := &fakeIdentity{dir: t.TempDir(), cgroup: make(chan string, 1)}
+	w, v := newIdentityTestWorker(t, d, id)
+	if _, err := w.start(context.Background(), v); err == nil {
+		t.Fatal("start succeeded")
+	}
+	if id.closed != 1 {
+		t.Fatalf("endpoint closed %d times, want 1", id.closed)
+	}
+	if got := <-id.cgroup; !strings.HasPrefix(got, "error: ") {
+		t.Fatalf("cgroup of a failed instance: %q, want an error", got)
+	}
+}

@@ -84,6 +84,7 @@ var reservedEnv = map[string]bool{
 	"AWS_LAMBDA_LOG_GROUP_NAME": true, "AWS_LAMBDA_LOG_STREAM_NAME": true,
 	"AWS_LAMBDA_INITIALIZATION_TYPE": true, "LAMBDA_RUNTIME_DIR": true,
 	"ZFAAS_TENANT": true, "ZFAAS_INSTANCE_ID": true, "TMPDIR": true,
+	"ZFAAS_GATEWAY": true, "ZFAAS_GATEWAY_AUDIENCE": true,
 }
 
 // Normalize fills defaults and validates c. It returns a descriptive error

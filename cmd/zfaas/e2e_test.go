@@ -1129,3 +1129,57 @@ func TestFunctionSPIFFEIdentity(t *testing.T) {
 		t.Fatalf("endpoints after stop: %v, %v", ents, err)
 	}
 }
+
+// TestFunctionCallsFunctionWithItsSVID: a function invokes another through
+// the gateway with its own JWT-SVID; the gateway sees the caller's SPIFFE
+// ID, and the shipped policy lets a function of the same tenant in. A
+// token for another audience is refused (401); no token is anonymous (403).
+func TestFunctionCallsFunctionWithItsSVID(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployDir("caller", buildSPIFFEClient(t), api.FunctionConfig{Runtime: api.RuntimeGo})
+	tp.deployDir("hello", built.hello, api.FunctionConfig{Runtime: api.RuntimeGo})
+	call := func(ev string) (string, string) {
+		t.Helper()
+		out, _, err := tp.c.Invoke(context.Background(), "caller", []byte(ev))
+		if err != nil {
+			t.Fatalf("invoke caller %s: %v", ev, err)
+		}
+		var s string
+		if err := json.Unmarshal(out, &s); err != nil {
+			t.Fatalf("caller replied %s", out)
+		}
+		status, body, _ := strings.Cut(s, "|")
+		return status, body
+	}
+	if status, body := call(`{"call":"hello"}`); status != "200" || !strings.Contains(body, "Hello, peer!") {
+		t.Fatalf("function-to-function call: got %s %s", status, body)
+	}
+	if status, body := call(`{"call":"hello","audience":"spiffe://zfaas.local/gateway/elsewhere"}`); status != "401" || !strings.Contains(body, "unauthenticated") {
+		t.Fatalf("token for another audience: got %s %s, want 401", status, body)
+	}
+	if status, body := call(`{"call":"hello","token":"none"}`); status != "403" {
+		t.Fatalf("no token from a function: got %s %s, want 403", status, body)
+	}
+	// The decision log shows the caller's own SPIFFE ID.
+	var out bytes.Buffer
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out.Reset()
+		if err := run(context.Background(), []string{"policy", "decisions", "--since", "1m"}, getenv, &out, &out); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out.String(), "spiffe://zfaas.local/ns/default/fn/caller") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no decision with the caller function's ID:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

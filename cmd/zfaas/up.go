@@ -184,8 +184,16 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// The gateway and the worker need each other (invoker; log sink and
 	// observer), so the worker is bound through a small late-bound shim.
+	p.identity, err = svid.Start(ctx, filepath.Join(cfg.DataDir, "identity"), trustDomain, cfg.Worker.UID, cfg.Worker.GID, log)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
 	shim := &lateInvoker{}
-	auth := &localAuth{admin: gateway.LocalAdmin{ID: localAdminID}, peers: shim, log: log}
+	local := &localAuth{admin: gateway.LocalAdmin{ID: localAdminID}, peers: shim, log: log}
+	// Callers with a JWT-SVID for the gateway's audience are who their token
+	// says (functions get theirs from the Workload API); the rest fall back
+	// to the development shortcut.
+	auth := gateway.BearerJWT{Verifier: p.identity, Audience: gatewayID, Next: local, NextContext: local}
 	p.gateway, err = gateway.New(bg, gateway.Config{
 		Store:                 p.store,
 		Invoker:               shim,
@@ -209,10 +217,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o700); err != nil {
 		return nil, err
 	}
-	p.identity, err = svid.Start(ctx, filepath.Join(cfg.DataDir, "identity"), trustDomain, cfg.Worker.UID, cfg.Worker.GID, log)
+	// The listener opens before the worker so functions can be told the
+	// gateway's real address (the configured port may be 0).
+	p.httpLn, err = net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("identity: %w", err)
+		return nil, fmt.Errorf("gateway listen: %w", err)
 	}
+	p.httpAddr = p.httpLn.Addr().String()
 	p.worker, err = worker.New(worker.Config{
 		DataDir:          filepath.Join(cfg.DataDir, "worker"),
 		Driver:           driver,
@@ -225,6 +236,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Observer:         p.gateway.Observer(),
 		Logger:           log,
 		Identity:         p.identity,
+		Env:              gatewayEnv(p.httpAddr),
 	})
 	if err != nil {
 		return nil, err
@@ -241,11 +253,6 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	p.httpLn, err = net.Listen("tcp", cfg.Gateway.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("gateway listen: %w", err)
-	}
-	p.httpAddr = p.httpLn.Addr().String()
 	if cfg.Gateway.GRPCListen != "" {
 		p.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()), grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
 		p.gateway.RegisterGRPC(p.grpcSrv)
@@ -324,6 +331,10 @@ func (p *platform) close(ctx context.Context) error {
 // trustDomain is the SPIFFE trust domain of an all-in-one platform.
 const trustDomain = "zfaas.local"
 
+// gatewayID is the gateway's SPIFFE ID, the audience of the JWT-SVIDs it
+// accepts.
+const gatewayID = "spiffe://" + trustDomain + "/gateway/local"
+
 // localAdminID is the SPIFFE ID local callers act as in development.
 const localAdminID = "spiffe://zfaas.local/user/admin"
 
@@ -365,4 +376,10 @@ func runTasks(ctx context.Context, tasks ...task) error {
 		<-errc
 	}
 	return err
+}
+
+// gatewayEnv tells functions where the gateway is and which audience their
+// JWT-SVIDs must name to call it.
+func gatewayEnv(listen string) []string {
+	return []string{"ZFAAS_GATEWAY=http://" + listen, "ZFAAS_GATEWAY_AUDIENCE=" + gatewayID}
 }

@@ -168,3 +168,14 @@ func (a *pendingCgroupAttestor) Attest(ctx context.Context) (workloadapi.Identit
 	q.AuthInfo = info
 	return a.inner.Attest(peer.NewContext(ctx, &q))
 }
+
+// VerifyJWTSVID checks a JWT-SVID against the CA's JWT bundle (signature,
+// expiry, audience) and returns its SPIFFE ID. The gateway authenticates
+// bearer tokens with it.
+func (i *Provider) VerifyJWTSVID(token, audience string) (string, error) {
+	v, err := i.ca.ValidateJWTSVID(token, audience)
+	if err != nil {
+		return "", err
+	}
+	return v.ID.String(), nil
+}

@@ -122,6 +122,7 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 		"ZFAAS_INSTANCE_ID=" + inst.id,
 		"_HANDLER=" + v.Config.Handler,
 	}
+	env = append(env, w.cfg.Env...)
 	if v.Config.Runtime == api.RuntimePython3 {
 		env = append(env, "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1")
 	}

@@ -103,6 +103,10 @@ type Config struct {
 	// Identity, when set, gives every instance its own SPIFFE Workload API
 	// endpoint (see Identity); optional.
 	Identity Identity
+	// Env is added to every instance's environment (e.g. where the gateway
+	// is, for calls to other functions). Names must be reserved in
+	// api.FunctionConfig so functions cannot override them.
+	Env []string
 	// Python3 and Node are the interpreters used for those runtimes;
 	// defaults /usr/bin/python3 and /usr/bin/node. They must lie under a
 	// directory the sandbox mounts (/usr, /bin).

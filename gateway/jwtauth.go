@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// JWTVerifier checks a JWT-SVID against the trust domain's JWT bundle and
+// returns its SPIFFE ID. It must check signature, expiry and audience.
+type JWTVerifier interface {
+	VerifyJWTSVID(token, audience string) (spiffeID string, err error)
+}
+
+// BearerJWT authenticates callers that present a JWT-SVID as
+// "Authorization: Bearer <token>" (HTTP) or "authorization" metadata (gRPC),
+// whose audience includes Audience (the gateway's SPIFFE ID). Requests
+// without a bearer token go to Next; a token that fails verification is
+// ErrUnauthenticated (401), never a fallback to Next.
+type BearerJWT struct {
+	Verifier JWTVerifier
+	Audience string
+	// Next authenticates requests without a token; nil means Anonymous.
+	Next Authenticator
+	// NextContext authenticates gRPC calls without a token; nil means
+	// Anonymous.
+	NextContext ContextAuthenticator
+}
+
+// maxBearerBytes bounds the token the gateway is willing to parse.
+const maxBearerBytes = 16 << 10
+
+func bearer(h string) (string, bool) {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(h), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
+}
+
+func (b BearerJWT) verify(token string) (Caller, error) {
+	if len(token) > maxBearerBytes {
+		return Anonymous, fmt.Errorf("%w: bearer token too large", ErrUnauthenticated)
+	}
+	id, err := b.Verifier.VerifyJWTSVID(token, b.Audience)
+	if err != nil {
+		return Anonymous, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	return CallerFromID(id, "jwt"), nil
+}
+
+// Authenticate implements Authenticator.
+func (b BearerJWT) Authenticate(r *http.Request) (Caller, error) {
+	if token, ok := bearer(r.Header.Get("Authorization")); ok {
+		return b.verify(token)
+	}
+	if b.Next == nil {
+		return Anonymous, nil
+	}
+	return b.Next.Authenticate(r)
+}
+
+// AuthenticateContext implements ContextAuthenticator.
+func (b BearerJWT) AuthenticateContext(ctx context.Context) (Caller, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if vs := md.Get("authorization"); len(vs) > 0 {
+			if token, ok := bearer(vs[0]); ok {
+				return b.verify(token)
+			}
+		}
+	}
+	if b.NextContext == nil {
+		return Anonymous, nil
+	}
+	return b.NextContext.AuthenticateContext(ctx)
+}

@@ -52,6 +52,8 @@ type Config struct {
 	// Policy, when set, serves the policy administration API
 	// (/v1/policy/...).
 	Policy PolicyAdmin
+	// Bundle, when set, serves the trust bundle at /v1/identity/bundle.
+	Bundle TrustBundler
 	// Logger is the gateway's log; default discards.
 	Logger *slog.Logger
 	// Tenant is the tenant of every request until caller identities land;
@@ -216,6 +218,9 @@ func (g *Gateway) routes() {
 	m.HandleFunc("DELETE /v1/functions/{name}/aliases/{alias}", g.handleDeleteAlias)
 	m.HandleFunc("POST /v1/functions/{target}/invoke", g.handleInvoke)
 	m.HandleFunc("GET /v1/functions/{name}/logs", g.handleLogs)
+	if g.cfg.Bundle != nil {
+		m.HandleFunc("GET /v1/identity/bundle", g.handleBundle)
+	}
 	if g.cfg.Policy != nil {
 		m.HandleFunc("POST /v1/policy/revisions", g.handlePolicyPush)
 		m.HandleFunc("GET /v1/policy/status", g.handlePolicyStatus)

@@ -21,6 +21,9 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spiffeworkloadapi "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1181,5 +1184,35 @@ func TestFunctionCallsFunctionWithItsSVID(t *testing.T) {
 			t.Fatalf("no decision with the caller function's ID:\n%s", out.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestTrustBundle: the CLI prints the trust bundle in both forms, and the
+// SPIFFE bundle parses with go-spiffe and holds X.509 and JWT authorities.
+func TestTrustBundle(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}
+	var jwks, pemOut, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"identity", "bundle", "--format", "jwks"}, getenv, &jwks, &errOut); err != nil {
+		t.Fatalf("bundle jwks: %v %s", err, errOut.String())
+	}
+	b, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("zfaas.local"), jwks.Bytes())
+	if err != nil {
+		t.Fatalf("parse SPIFFE bundle: %v\n%s", err, jwks.String())
+	}
+	if len(b.X509Authorities()) == 0 || len(b.JWTAuthorities()) == 0 {
+		t.Fatalf("bundle has %d X.509 and %d JWT authorities", len(b.X509Authorities()), len(b.JWTAuthorities()))
+	}
+	if err := run(context.Background(), []string{"identity", "bundle"}, getenv, &pemOut, &errOut); err != nil {
+		t.Fatalf("bundle pem: %v", err)
+	}
+	xb, err := x509bundle.Parse(spiffeid.RequireTrustDomainFromString("zfaas.local"), pemOut.Bytes())
+	if err != nil || len(xb.X509Authorities()) != len(b.X509Authorities()) {
+		t.Fatalf("PEM bundle: %v", err)
 	}
 }

@@ -36,6 +36,7 @@ Usage:
   zfaas fn <command> [args]        manage and invoke functions
   zfaas policy <command> [args]    test, push, roll back policy; read decisions
   zfaas policyd [flags]            run the standalone policy decision role
+  zfaas identity bundle            print the trust domain's SPIFFE bundle
   zfaas version                    print the version
 
 Function commands:
@@ -71,6 +72,8 @@ func dispatch(ctx context.Context, args []string, getenv env, stdout, stderr io.
 		return runPolicy(ctx, args[1:], getenv, stdout, stderr)
 	case "policyd":
 		return runPolicyd(ctx, args[1:], getenv, stdout, stderr)
+	case "identity":
+		return runIdentity(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "zfaas %s\n", buildVersion())
 		return nil

@@ -201,6 +201,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Authenticator:         auth,
 		GRPCAuthenticator:     auth,
 		Policy:                enginePolicyAdmin{e: p.policy, now: time.Now},
+		Bundle:                p.identity,
 		Logger:                log,
 		Tenant:                cfg.Tenant,
 		MaxPayloadBytes:       cfg.Gateway.MaxPayloadBytes,

@@ -290,3 +290,21 @@ func streamNDJSON(ctx context.Context, c *Client, path string, q url.Values, nex
 		}
 	}
 }
+
+// TrustBundle fetches the trust domain's bundle: format "jwks" (the SPIFFE
+// bundle) or "pem" (the X.509 authorities).
+func (c *Client) TrustBundle(ctx context.Context, format string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/identity/bundle", url.Values{"format": {format}}), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return nil, decodeError(resp)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+}

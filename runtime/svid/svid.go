@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/peer"
 
@@ -178,4 +179,22 @@ func (i *Provider) VerifyJWTSVID(token, audience string) (string, error) {
 		return "", err
 	}
 	return v.ID.String(), nil
+}
+
+// TrustBundle returns the trust domain's SPIFFE bundle (X.509 authorities
+// and JWT keys) in the standard JWKS form, and its X.509 authorities as PEM.
+func (i *Provider) TrustBundle() (jwks, pemCerts []byte, err error) {
+	b := i.ca.Bundles()
+	sb := spiffebundle.New(i.td)
+	sb.SetX509Authorities(b.X509.X509Authorities())
+	sb.SetJWTAuthorities(b.JWT.JWTAuthorities())
+	jwks, err = sb.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	pemCerts, err = b.X509.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	return jwks, pemCerts, nil
 }

@@ -31,6 +31,7 @@ step "$ZFAAS" fn invoke hello --data '{"name":"demo"}' -v
 step "$ZFAAS" fn invoke python-hello --data '{"name":"demo"}'
 step "$ZFAAS" fn invoke node-hello --data '{"name":"demo"}'
 step curl -s "$gw/function/http-echo/hello/world?x=1" -d 'from curl'
+step "$ZFAAS" fn invoke caller --data '{"target":"hello","payload":{"name":"peer"}}'
 step "$ZFAAS" fn deploy hello --dir build/examples/hello --env GREETING=Howdy
 step "$ZFAAS" fn alias set hello live 1 --additional-version 2 --weight 0.5
 for _ in 1 2 3 4; do "$ZFAAS" fn invoke hello:live --data '{"name":"canary"}'; done

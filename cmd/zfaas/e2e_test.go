@@ -44,6 +44,7 @@ var built struct {
 	root    string
 	fixture string // dir with the fixture binary as "bootstrap"
 	hello   string
+	caller  string
 	echo    string
 	python  string
 	node    string
@@ -94,6 +95,9 @@ func buildFunctions(t *testing.T) {
 			return
 		}
 		if built.echo, built.err = build("../../examples/http-echo", "http-echo"); built.err != nil {
+			return
+		}
+		if built.caller, built.err = build("../../examples/caller", "caller"); built.err != nil {
 			return
 		}
 		built.python, _ = filepath.Abs("../../examples/python-hello")
@@ -264,6 +268,21 @@ func TestExamplesEndToEnd(t *testing.T) {
 			}
 		})
 	}
+	t.Run("caller", func(t *testing.T) {
+		tp.deployDir("caller", built.caller, api.FunctionConfig{Runtime: api.RuntimeGo})
+		out, _, err := tp.c.Invoke(context.Background(), "caller", []byte(`{"target":"hello","payload":{"name":"peer"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Caller string          `json:"caller"`
+			Status int             `json:"status"`
+			Answer json.RawMessage `json:"answer"`
+		}
+		if err := json.Unmarshal(out, &got); err != nil || got.Status != 200 || got.Caller != "spiffe://zfaas.local/ns/default/fn/caller" || !strings.Contains(string(got.Answer), "Hello, peer!") {
+			t.Fatalf("caller example: got %s (%v)", out, err)
+		}
+	})
 	t.Run("http-echo", func(t *testing.T) {
 		resp, err := http.Post(tp.url+"/function/http-echo/some/path?q=1", "text/plain", strings.NewReader("ping"))
 		if err != nil {

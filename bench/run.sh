@@ -139,7 +139,7 @@ fi
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
 # shellcheck disable=SC2086 # UP_FLAGS is split on purpose
-"$ZFAAS" up --data-dir "$WORK/data" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
+"$ZFAAS" up --data-dir "$WORK/data" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
 	--client-config - --log-level warn ${UP_FLAGS:-} >"$WORK/up.out" 2>"$WORK/up.log" &
 UP_PID=$!
 GW=

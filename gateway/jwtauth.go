@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/zfaas/zfaas/crypto/mtls"
 )
 
 // JWTVerifier checks a JWT-SVID against the trust domain's JWT bundle and
@@ -76,4 +78,30 @@ func (b BearerJWT) AuthenticateContext(ctx context.Context) (Caller, error) {
 		return Anonymous, nil
 	}
 	return b.NextContext.AuthenticateContext(ctx)
+}
+
+// TLSPeer authenticates requests that arrived over TLS: the client's
+// X.509-SVID (verified during the handshake by crypto/mtls), else a
+// JWT-SVID bearer token, else ErrUnauthenticated — a TLS listener never
+// falls back to a development shortcut. Requests without TLS go to Plain.
+type TLSPeer struct {
+	Bearer BearerJWT
+	Plain  Authenticator
+}
+
+// Authenticate implements Authenticator.
+func (a TLSPeer) Authenticate(r *http.Request) (Caller, error) {
+	if r.TLS == nil {
+		if a.Plain == nil {
+			return Anonymous, nil
+		}
+		return a.Plain.Authenticate(r)
+	}
+	if id, ok := mtls.PeerID(r.TLS); ok {
+		return CallerFromID(id.String(), "x509"), nil
+	}
+	if token, ok := bearer(r.Header.Get("Authorization")); ok {
+		return a.Bearer.verify(token)
+	}
+	return Anonymous, fmt.Errorf("%w: a client X.509-SVID or a JWT-SVID bearer token is required", ErrUnauthenticated)
 }

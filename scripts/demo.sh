@@ -12,7 +12,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 gw="http://127.0.0.1:$port"
 export ZFAAS_GATEWAY=$gw
 log="$data/zfaas.log"
-"$ZFAAS" up --data-dir "$data/state" --listen "127.0.0.1:$port" --grpc-listen off \
+"$ZFAAS" up --data-dir "$data/state" --listen "127.0.0.1:$port" --grpc-listen off --tls-listen off \
   --client-config - --deploy-examples build/examples >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }

@@ -40,8 +40,12 @@ type policyConfig struct {
 }
 
 type gatewayConfig struct {
-	Listen                string        `yaml:"listen"`
-	GRPCListen            string        `yaml:"grpc_listen"`
+	Listen     string `yaml:"listen"`
+	GRPCListen string `yaml:"grpc_listen"`
+	// TLSListen serves the HTTP API over mutual TLS with SPIFFE SVIDs;
+	// empty disables it. It may listen beyond loopback: every caller must
+	// present an X.509-SVID or a JWT-SVID.
+	TLSListen             string        `yaml:"tls_listen"`
 	MaxPayloadBytes       int64         `yaml:"max_payload_bytes"`
 	WaitBudget            time.Duration `yaml:"wait_budget"`
 	DefaultMaxConcurrency int           `yaml:"default_max_concurrency"`
@@ -84,6 +88,7 @@ func defaultUpConfig(getenv env) upConfig {
 		Tenant:   "default",
 		Gateway: gatewayConfig{
 			Listen:                "127.0.0.1:8080",
+			TLSListen:             "127.0.0.1:8443",
 			GRPCListen:            "127.0.0.1:9090",
 			MaxPayloadBytes:       6 << 20,
 			WaitBudget:            time.Second,
@@ -154,6 +159,11 @@ func (c *upConfig) validate() error {
 		ip := net.ParseIP(host)
 		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 			return fmt.Errorf("%s %q: only loopback addresses are allowed while the gateway has no mTLS identity configured", name, addr)
+		}
+	}
+	if c.Gateway.TLSListen != "" {
+		if _, _, err := net.SplitHostPort(c.Gateway.TLSListen); err != nil {
+			return fmt.Errorf("gateway.tls_listen %q: %v", c.Gateway.TLSListen, err)
 		}
 	}
 	if c.Worker.Sandbox != "process" {

@@ -6,6 +6,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +28,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	spiffeworkloadapi "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,7 +37,9 @@ import (
 
 	"github.com/zfaas/zfaas/api"
 	zfaasv1 "github.com/zfaas/zfaas/api/zfaas/v1"
+	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway/client"
+	"github.com/zfaas/zfaas/identity/ca"
 	"github.com/zfaas/zfaas/runtime/archive"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
 )
@@ -127,6 +134,7 @@ func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatfo
 	cfg.DataDir = dataDir
 	cfg.Gateway.Listen = "127.0.0.1:0"
 	cfg.Gateway.GRPCListen = "127.0.0.1:0"
+	cfg.Gateway.TLSListen = "127.0.0.1:0"
 	cfg.Gateway.WaitBudget = 200 * time.Millisecond
 	if mutate != nil {
 		mutate(&cfg)
@@ -1233,5 +1241,65 @@ func TestTrustBundle(t *testing.T) {
 	xb, err := x509bundle.Parse(spiffeid.RequireTrustDomainFromString("zfaas.local"), pemOut.Bytes())
 	if err != nil || len(xb.X509Authorities()) != len(b.X509Authorities()) {
 		t.Fatalf("PEM bundle: %v", err)
+	}
+}
+
+// TestGatewayMTLS: the mutual-TLS listener authenticates callers by their
+// X.509-SVID, refuses a client without credentials (401) and a certificate
+// of another trust domain (handshake failure), and presents the gateway's
+// own SVID.
+func TestGatewayMTLS(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	ctx := context.Background()
+	gw := spiffeid.RequireFromString(gatewayID)
+	get := func(cfg *tls.Config, path string) (int, []byte, error) {
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
+		resp, err := hc.Get("https://" + tp.p.tlsAddr + path)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, nil
+	}
+	admin, err := tp.p.identity.MintX509(ctx, localAdminID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body, err := get(mtls.ClientConfig(admin, tp.p.identity, gw), "/v1/functions"); err != nil || code != 200 {
+		t.Fatalf("admin over mTLS: %d %s %v", code, body, err)
+	}
+	// No client certificate and no bearer token: 401, not the local admin.
+	code, body, err := get(mtls.ClientConfig(nil, tp.p.identity, gw), "/v1/functions")
+	if err != nil || code != 401 || errorCode(t, body) != "unauthenticated" {
+		t.Fatalf("no credentials over mTLS: %d %s %v, want 401", code, body, err)
+	}
+	// A function's SVID is that function, which may not list functions.
+	fn, err := tp.p.identity.MintX509(ctx, "spiffe://zfaas.local/ns/default/fn/somefn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body, err := get(mtls.ClientConfig(fn, tp.p.identity, gw), "/v1/functions"); err != nil || code != 403 {
+		t.Fatalf("function SVID listing functions: %d %s %v, want 403", code, body, err)
+	}
+	// A certificate from another trust domain fails the handshake.
+	otherTD := spiffeid.RequireTrustDomainFromString("other.test")
+	other, err := ca.New(ctx, ca.Config{TrustDomain: otherTD, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	osv, err := other.MintX509SVID(ctx, ca.X509Params{ID: spiffeid.RequireFromString("spiffe://other.test/user/admin"), PublicKey: key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := &x509svid.SVID{ID: osv.ID, Certificates: osv.Certificates, PrivateKey: key}
+	if _, _, err := get(mtls.ClientConfig(foreign, tp.p.identity, gw), "/v1/functions"); err == nil {
+		t.Fatal("a certificate from another trust domain was accepted")
+	}
+	// The client checks the gateway's SPIFFE ID.
+	if _, _, err := get(mtls.ClientConfig(admin, tp.p.identity, spiffeid.RequireFromString("spiffe://zfaas.local/gateway/elsewhere")), "/healthz"); err == nil {
+		t.Fatal("the client accepted a gateway with an unexpected SPIFFE ID")
 	}
 }

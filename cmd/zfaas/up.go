@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway"
 	"github.com/zfaas/zfaas/policies"
 	"github.com/zfaas/zfaas/policyd"
@@ -38,6 +39,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	dataDir := fs.String("data-dir", "", "data directory (default "+cfg.DataDir+")")
 	listen := fs.String("listen", "", "gateway HTTP address (default "+cfg.Gateway.Listen+")")
 	grpcListen := fs.String("grpc-listen", "", "gateway gRPC address, or \"off\" (default "+cfg.Gateway.GRPCListen+")")
+	tlsListen := fs.String("tls-listen", "", "gateway mutual-TLS (SPIFFE) address, or \"off\" (default "+cfg.Gateway.TLSListen+")")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
 	examples := fs.String("deploy-examples", "", "deploy every function directory (with a zfaas.yaml) under DIR once the platform is up")
 	clientCfg := fs.String("client-config", "", "where to write the CLI's config (default the user config dir; \"-\" to skip)")
@@ -57,6 +59,13 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	if *grpcListen == "off" {
 		cfg.Gateway.GRPCListen = ""
 	}
+	switch *tlsListen {
+	case "":
+	case "off":
+		cfg.Gateway.TLSListen = ""
+	default:
+		cfg.Gateway.TLSListen = *tlsListen
+	}
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -74,7 +83,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 			log.Info("wrote CLI config", "path", path)
 		}
 	}
-	fmt.Fprintf(stdout, "zfaas is up: gateway %s, gRPC %s, data in %s\n", gwURL, p.grpcAddr, cfg.DataDir)
+	fmt.Fprintf(stdout, "zfaas is up: gateway %s, mTLS %s, gRPC %s, data in %s\n", gwURL, p.tlsAddr, p.grpcAddr, cfg.DataDir)
 	tasks := []task{p.run}
 	if *examples != "" {
 		tasks = append(tasks, func(ctx context.Context) error {
@@ -116,6 +125,9 @@ type platform struct {
 	httpLn   net.Listener
 	grpcLn   net.Listener
 	httpSrv  *http.Server
+	tlsSrv   *http.Server
+	tlsLn    net.Listener
+	tlsAddr  string
 	grpcSrv  *grpc.Server
 	httpAddr string
 	grpcAddr string
@@ -193,13 +205,16 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	// Callers with a JWT-SVID for the gateway's audience are who their token
 	// says (functions get theirs from the Workload API); the rest fall back
 	// to the development shortcut.
-	auth := gateway.BearerJWT{Verifier: p.identity, Audience: gatewayID, Next: local, NextContext: local}
+	bearer := gateway.BearerJWT{Verifier: p.identity, Audience: gatewayID, Next: local, NextContext: local}
+	// Over mutual TLS the caller is its X.509-SVID or its JWT-SVID, never
+	// the development shortcut.
+	auth := gateway.TLSPeer{Bearer: gateway.BearerJWT{Verifier: p.identity, Audience: gatewayID}, Plain: bearer}
 	p.gateway, err = gateway.New(bg, gateway.Config{
 		Store:                 p.store,
 		Invoker:               shim,
 		Authorizer:            engineAuthorizer{p.policy},
 		Authenticator:         auth,
-		GRPCAuthenticator:     auth,
+		GRPCAuthenticator:     bearer,
 		Policy:                enginePolicyAdmin{e: p.policy, now: time.Now},
 		Bundle:                p.identity,
 		Logger:                log,
@@ -254,6 +269,21 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if cfg.Gateway.TLSListen != "" {
+		p.tlsLn, err = net.Listen("tcp", cfg.Gateway.TLSListen)
+		if err != nil {
+			return nil, fmt.Errorf("gateway tls listen: %w", err)
+		}
+		p.tlsAddr = p.tlsLn.Addr().String()
+		p.tlsSrv = &http.Server{
+			Handler:           mux,
+			TLSConfig:         mtls.ServerConfig(p.identity.SVIDSource(gatewayID), p.identity),
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+	}
 	if cfg.Gateway.GRPCListen != "" {
 		p.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()), grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
 		p.gateway.RegisterGRPC(p.grpcSrv)
@@ -265,7 +295,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		}
 		p.grpcAddr = p.grpcLn.Addr().String()
 	}
-	log.Info("platform ready", "gateway", p.httpAddr, "grpc", p.grpcAddr, "data_dir", cfg.DataDir)
+	log.Info("platform ready", "gateway", p.httpAddr, "gateway_mtls", p.tlsAddr, "grpc", p.grpcAddr, "data_dir", cfg.DataDir)
 	return p, nil
 }
 
@@ -279,6 +309,20 @@ func (p *platform) run(ctx context.Context) error {
 			}
 			return ctx.Err()
 		},
+	}
+	if p.tlsSrv != nil {
+		tasks = append(tasks, func(ctx context.Context) error {
+			go func() {
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = p.tlsSrv.Shutdown(sctx)
+			}()
+			if err := p.tlsSrv.ServeTLS(p.tlsLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("gateway mtls: %w", err)
+			}
+			return ctx.Err()
+		})
 	}
 	if p.grpcSrv != nil {
 		tasks = append(tasks, func(ctx context.Context) error {
@@ -302,6 +346,11 @@ func (p *platform) shutdownHTTP() {
 func (p *platform) close(ctx context.Context) error {
 	var errs []error
 	p.once.Do(func() {
+		if p.tlsSrv != nil {
+			_ = p.tlsSrv.Shutdown(ctx)
+		} else if p.tlsLn != nil {
+			p.tlsLn.Close()
+		}
 		if p.httpSrv != nil {
 			_ = p.httpSrv.Shutdown(ctx)
 		} else if p.httpLn != nil {

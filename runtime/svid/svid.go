@@ -8,14 +8,20 @@ package svid
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/peer"
 
 	"github.com/zfaas/zfaas/identity"
@@ -197,4 +203,62 @@ func (i *Provider) TrustBundle() (jwks, pemCerts []byte, err error) {
 		return nil, nil, err
 	}
 	return jwks, pemCerts, nil
+}
+
+// MintX509 issues an X.509-SVID for id with a new P-256 key, e.g. for a
+// platform component or a user.
+func (i *Provider) MintX509(ctx context.Context, id string) (*x509svid.SVID, error) {
+	sid, err := spiffeid.FromString(id)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	s, err := i.ca.MintX509SVID(ctx, ca.X509Params{ID: sid, PublicKey: key.Public()})
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: s.ID, Certificates: s.Certificates, PrivateKey: key}, nil
+}
+
+// GetX509BundleForTrustDomain implements x509bundle.Source with the CA's
+// current bundle.
+func (i *Provider) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != i.td {
+		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	}
+	return i.ca.Bundles().X509, nil
+}
+
+// SVIDSource returns an x509svid.Source holding an SVID for id, minted on
+// first use and again once half its lifetime has passed.
+func (i *Provider) SVIDSource(id string) x509svid.Source {
+	return &rotatingSVID{p: i, id: id}
+}
+
+type rotatingSVID struct {
+	p    *Provider
+	id   string
+	mu   sync.Mutex
+	svid *x509svid.SVID
+}
+
+func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.svid != nil {
+		leaf := r.svid.Certificates[0]
+		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		if time.Now().Before(half) {
+			return r.svid, nil
+		}
+	}
+	s, err := r.p.MintX509(context.Background(), r.id)
+	if err != nil {
+		return nil, err
+	}
+	r.svid = s
+	return s, nil
 }

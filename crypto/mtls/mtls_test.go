@@ -42,10 +42,20 @@ func mint(t *testing.T, c *ca.CA, id string) *x509svid.SVID {
 	return &x509svid.SVID{ID: s.ID, Certificates: s.Certificates, PrivateKey: key}
 }
 
-// handshake runs one TLS handshake over a pipe and returns both sides' errors
-// and the server's view of the client.
-func handshake(t *testing.T, server, client *tls.Config) (serverErr, clientErr error, peer spiffeid.ID, hadPeer bool) {
+// result is one handshake's outcome: both sides' errors and the server's
+// view of the client.
+type result struct {
+	serverErr, clientErr error
+	peer                 spiffeid.ID
+	hadPeer              bool
+}
+
+// handshake runs one TLS handshake over a pipe.
+func handshake(t *testing.T, server, client *tls.Config) result {
 	t.Helper()
+	var serverErr, clientErr error
+	var peer spiffeid.ID
+	var hadPeer bool
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
@@ -64,7 +74,7 @@ func handshake(t *testing.T, server, client *tls.Config) (serverErr, clientErr e
 	clientErr = c.Handshake()
 	b.Close()
 	<-done
-	return serverErr, clientErr, peer, hadPeer
+	return result{serverErr, clientErr, peer, hadPeer}
 }
 
 func TestServerAndClientConfig(t *testing.T) {
@@ -81,23 +91,23 @@ func TestServerAndClientConfig(t *testing.T) {
 	alice := mint(t, authority, "spiffe://zfaas.local/user/alice")
 
 	// A valid client SVID: both sides agree, the server sees alice.
-	sErr, cErr, peer, ok := handshake(t, server, ClientConfig(alice, bundle, spiffeid.RequireFromString(gwID), WithClock(clk.Now)))
-	if sErr != nil || cErr != nil || !ok || peer.String() != "spiffe://zfaas.local/user/alice" {
-		t.Fatalf("valid client: server %v, client %v, peer %v %v", sErr, cErr, peer, ok)
+	r := handshake(t, server, ClientConfig(alice, bundle, spiffeid.RequireFromString(gwID), WithClock(clk.Now)))
+	if r.serverErr != nil || r.clientErr != nil || !r.hadPeer || r.peer.String() != "spiffe://zfaas.local/user/alice" {
+		t.Fatalf("valid client: %+v", r)
 	}
 	// No client certificate: the handshake passes, with no peer ID.
-	sErr, cErr, _, ok = handshake(t, server, ClientConfig(nil, bundle, spiffeid.RequireFromString(gwID), WithClock(clk.Now)))
-	if sErr != nil || cErr != nil || ok {
-		t.Fatalf("no client certificate: server %v, client %v, peer %v", sErr, cErr, ok)
+	r = handshake(t, server, ClientConfig(nil, bundle, spiffeid.RequireFromString(gwID), WithClock(clk.Now)))
+	if r.serverErr != nil || r.clientErr != nil || r.hadPeer {
+		t.Fatalf("no client certificate: %+v", r)
 	}
 	// The client refuses a server with another ID.
-	if _, cErr, _, _ := handshake(t, server, ClientConfig(alice, bundle, spiffeid.RequireFromString("spiffe://zfaas.local/gateway/other"), WithClock(clk.Now))); cErr == nil {
+	if r := handshake(t, server, ClientConfig(alice, bundle, spiffeid.RequireFromString("spiffe://zfaas.local/gateway/other"), WithClock(clk.Now))); r.clientErr == nil {
 		t.Fatal("client accepted a server with the wrong SPIFFE ID")
 	}
 	// An expired client SVID fails the handshake (X.509-SVIDs live 1 h).
 	clk.Add(2 * time.Hour)
 	fresh := ServerConfig(mint(t, authority, gwID), bundle, WithClock(clk.Now))
-	if sErr, _, _, _ := handshake(t, fresh, ClientConfig(alice, bundle, spiffeid.RequireFromString(gwID), WithClock(clk.Now))); sErr == nil {
+	if r := handshake(t, fresh, ClientConfig(alice, bundle, spiffeid.RequireFromString(gwID), WithClock(clk.Now))); r.serverErr == nil {
 		t.Fatal("server accepted an expired client SVID")
 	}
 }

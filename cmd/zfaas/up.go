@@ -240,6 +240,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		return nil, fmt.Errorf("gateway listen: %w", err)
 	}
 	p.httpAddr = p.httpLn.Addr().String()
+	if cfg.Gateway.TLSListen != "" {
+		p.tlsLn, err = net.Listen("tcp", cfg.Gateway.TLSListen)
+		if err != nil {
+			return nil, fmt.Errorf("gateway tls listen: %w", err)
+		}
+		p.tlsAddr = p.tlsLn.Addr().String()
+	}
 	p.worker, err = worker.New(worker.Config{
 		DataDir:          filepath.Join(cfg.DataDir, "worker"),
 		Driver:           driver,
@@ -252,7 +259,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Observer:         p.gateway.Observer(),
 		Logger:           log,
 		Identity:         p.identity,
-		Env:              gatewayEnv(p.httpAddr),
+		Env:              gatewayEnv(p.httpAddr, p.tlsAddr),
 	})
 	if err != nil {
 		return nil, err
@@ -269,12 +276,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if cfg.Gateway.TLSListen != "" {
-		p.tlsLn, err = net.Listen("tcp", cfg.Gateway.TLSListen)
-		if err != nil {
-			return nil, fmt.Errorf("gateway tls listen: %w", err)
-		}
-		p.tlsAddr = p.tlsLn.Addr().String()
+	if p.tlsLn != nil {
 		p.tlsSrv = &http.Server{
 			Handler:           mux,
 			TLSConfig:         mtls.ServerConfig(p.identity.SVIDSource(gatewayID), p.identity),
@@ -428,8 +430,13 @@ func runTasks(ctx context.Context, tasks ...task) error {
 	return err
 }
 
-// gatewayEnv tells functions where the gateway is and which audience their
-// JWT-SVIDs must name to call it.
-func gatewayEnv(listen string) []string {
-	return []string{"ZFAAS_GATEWAY=http://" + listen, "ZFAAS_GATEWAY_AUDIENCE=" + gatewayID}
+// gatewayEnv tells functions where the gateway is (plain and mutual-TLS)
+// and which SPIFFE ID it has: the audience their JWT-SVIDs must name, and
+// the ID their mTLS clients must expect.
+func gatewayEnv(listen, tlsListen string) []string {
+	env := []string{"ZFAAS_GATEWAY=http://" + listen, "ZFAAS_GATEWAY_AUDIENCE=" + gatewayID, "ZFAAS_GATEWAY_ID=" + gatewayID}
+	if tlsListen != "" {
+		env = append(env, "ZFAAS_GATEWAY_MTLS=https://"+tlsListen)
+	}
+	return env
 }

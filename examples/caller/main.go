@@ -1,8 +1,9 @@
 // Command caller is a function that invokes another function through the
-// zfaas gateway with its own SPIFFE identity: it fetches a JWT-SVID for the
-// gateway's audience from its Workload API (go-spiffe's JWTSource, which
-// keeps the token fresh) and sends it as a bearer token. The gateway's
-// policy then decides on the caller's SPIFFE ID.
+// zfaas gateway with its own SPIFFE identity, over mutual TLS: go-spiffe's
+// X509Source keeps the instance's X.509-SVID and trust bundle fresh from its
+// Workload API, the client presents that SVID and accepts only a server
+// whose SVID is the gateway's ($ZFAAS_GATEWAY_ID). The gateway's policy then
+// decides on the caller's SPIFFE ID.
 //
 // Event: {"target": "hello", "payload": {"name": "x"}} → the target's answer.
 package main
@@ -20,7 +21,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
@@ -38,19 +40,18 @@ type Response struct {
 }
 
 type caller struct {
-	jwt      *workloadapi.JWTSource
-	gateway  string
-	audience string
-	hc       *http.Client
+	src     *workloadapi.X509Source
+	gateway string
+	hc      *http.Client
 }
 
 func (c *caller) handle(ctx context.Context, req Request) (Response, error) {
 	if req.Target == "" {
 		return Response{}, errors.New(`"target" is required`)
 	}
-	svid, err := c.jwt.FetchJWTSVID(ctx, jwtsvid.Params{Audience: c.audience})
+	svid, err := c.src.GetX509SVID()
 	if err != nil {
-		return Response{}, fmt.Errorf("fetch JWT-SVID: %w", err)
+		return Response{}, fmt.Errorf("X.509-SVID: %w", err)
 	}
 	payload := req.Payload
 	if len(payload) == 0 {
@@ -61,7 +62,6 @@ func (c *caller) handle(ctx context.Context, req Request) (Response, error) {
 		return Response{}, err
 	}
 	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("Authorization", "Bearer "+svid.Marshal())
 	resp, err := c.hc.Do(hr)
 	if err != nil {
 		return Response{}, fmt.Errorf("call %s: %w", req.Target, err)
@@ -80,18 +80,26 @@ func (c *caller) handle(ctx context.Context, req Request) (Response, error) {
 func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// The source reads SPIFFE_ENDPOINT_SOCKET, which zfaas sets.
-	src, err := workloadapi.NewJWTSource(ctx)
+	// The source reads SPIFFE_ENDPOINT_SOCKET, which zfaas sets, and keeps
+	// the SVID rotated for as long as the instance lives.
+	src, err := workloadapi.NewX509Source(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "workload api:", err)
 		os.Exit(1)
 	}
 	defer src.Close()
+	gatewayID, err := spiffeid.FromString(os.Getenv("ZFAAS_GATEWAY_ID"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ZFAAS_GATEWAY_ID:", err)
+		os.Exit(1)
+	}
 	c := &caller{
-		jwt:      src,
-		gateway:  os.Getenv("ZFAAS_GATEWAY"),
-		audience: os.Getenv("ZFAAS_GATEWAY_AUDIENCE"),
-		hc:       &http.Client{Timeout: 30 * time.Second},
+		src:     src,
+		gateway: os.Getenv("ZFAAS_GATEWAY_MTLS"),
+		hc: &http.Client{
+			Timeout:   30 * time.Second,
+			Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(gatewayID))},
+		},
 	}
 	lambda.Start(c.handle)
 }

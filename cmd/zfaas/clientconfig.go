@@ -5,16 +5,31 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"gopkg.in/yaml.v3"
+
+	"github.com/zfaas/zfaas/crypto/mtls"
 )
 
 // clientConfig is what the CLI needs to reach the platform. `zfaas up`
 // writes it (0600) so the CLI on the same machine works without flags.
 type clientConfig struct {
 	Gateway string `yaml:"gateway"`
+	// GatewayMTLS, GatewayID, Cert, Key and Bundle, when set, make the CLI
+	// talk to the gateway over mutual TLS with the user's X.509-SVID (files
+	// that `zfaas up` writes and refreshes for the local administrator).
+	GatewayMTLS string `yaml:"gateway_mtls,omitempty"`
+	GatewayID   string `yaml:"gateway_id,omitempty"`
+	Cert        string `yaml:"cert,omitempty"`
+	Key         string `yaml:"key,omitempty"`
+	Bundle      string `yaml:"bundle,omitempty"`
 }
 
 func clientConfigPath(getenv env) (string, error) {
@@ -73,4 +88,49 @@ func readClientConfig(getenv env) (clientConfig, error) {
 		return c, fmt.Errorf("client config %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// writeSVIDFiles writes an X.509-SVID (chain, key 0600) and the trust
+// bundle as PEM files, each replaced atomically.
+func writeSVIDFiles(certPath, keyPath, bundlePath string, svid *x509svid.SVID, bundle *x509bundle.Bundle) error {
+	certs, key, err := svid.Marshal()
+	if err != nil {
+		return err
+	}
+	b, err := bundle.Marshal()
+	if err != nil {
+		return err
+	}
+	for path, data := range map[string][]byte{certPath: certs, keyPath: key, bundlePath: b} {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, data, 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mtlsHTTPClient builds the CLI's HTTP client from the SVID files of the
+// client config: it presents the user's X.509-SVID and accepts only the
+// gateway's SPIFFE ID.
+func (c clientConfig) mtlsHTTPClient() (*http.Client, error) {
+	svid, err := x509svid.Load(c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("load the CLI's SVID: %w", err)
+	}
+	gw, err := spiffeid.FromString(c.GatewayID)
+	if err != nil {
+		return nil, fmt.Errorf("gateway_id: %w", err)
+	}
+	bundle, err := x509bundle.Load(gw.TrustDomain(), c.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("load the trust bundle: %w", err)
+	}
+	return &http.Client{
+		Timeout:   16 * time.Minute,
+		Transport: &http.Transport{TLSClientConfig: mtls.ClientConfig(svid, bundle, gw)},
+	}, nil
 }

@@ -1303,3 +1303,47 @@ func TestGatewayMTLS(t *testing.T) {
 		t.Fatal("the client accepted a gateway with an unexpected SPIFFE ID")
 	}
 }
+
+// TestCLIMutualTLS: with the client config `zfaas up` writes (the local
+// administrator's SVID files), the CLI talks to the gateway over mutual TLS
+// — the plain address in the config is unreachable here — and shows its
+// identity.
+func TestCLIMutualTLS(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	cfgHome := t.TempDir()
+	dir := filepath.Join(cfgHome, "zfaas")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cc := clientConfig{
+		Gateway:     "http://127.0.0.1:1",
+		GatewayMTLS: "https://" + tp.p.tlsAddr, GatewayID: gatewayID,
+		Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "svid-key.pem"), Bundle: filepath.Join(dir, "bundle.pem"),
+	}
+	if err := writeAdminSVID(context.Background(), tp.p, cc); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(cc.Key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v, want 0600", st, err)
+	}
+	getenv := func(k string) string {
+		if k == "XDG_CONFIG_HOME" {
+			return cfgHome
+		}
+		return ""
+	}
+	if _, err := writeClientConfig("", getenv, cc); err != nil {
+		t.Fatal(err)
+	}
+	cli := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), args, getenv, &out, &out)
+		return out.String(), err
+	}
+	if out, err := cli("fn", "ls"); err != nil {
+		t.Fatalf("fn ls over mTLS: %v\n%s", err, out)
+	}
+	if out, err := cli("identity", "show"); err != nil || !strings.Contains(out, localAdminID) {
+		t.Fatalf("identity show: %v\n%s", err, out)
+	}
+}

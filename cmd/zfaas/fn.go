@@ -53,6 +53,14 @@ func (c *cliFlags) client(getenv env) (*client.Client, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The user's SVID, when `zfaas up` wrote one, over mutual TLS.
+		if cc.GatewayMTLS != "" && cc.Cert != "" {
+			hc, err := cc.mtlsHTTPClient()
+			if err != nil {
+				return nil, err
+			}
+			return client.New(cc.GatewayMTLS, hc)
+		}
 		gw = cc.Gateway
 	}
 	if gw == "" {

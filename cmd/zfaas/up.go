@@ -75,16 +75,52 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 		return err
 	}
 	gwURL := "http://" + p.httpAddr
+	var refreshSVID task
 	if *clientCfg != "-" {
-		path, err := writeClientConfig(*clientCfg, getenv, clientConfig{Gateway: gwURL})
+		cc := clientConfig{Gateway: gwURL}
+		path := *clientCfg
+		if path == "" {
+			path, err = clientConfigPath(getenv)
+		}
+		if err == nil && p.tlsAddr != "" {
+			// The local administrator's X.509-SVID for the CLI, refreshed
+			// well before it expires.
+			dir := filepath.Dir(path)
+			cc.GatewayMTLS, cc.GatewayID = "https://"+p.tlsAddr, gatewayID
+			cc.Cert, cc.Key, cc.Bundle = filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid-key.pem"), filepath.Join(dir, "bundle.pem")
+			refreshSVID = func(ctx context.Context) error {
+				for {
+					if err := writeAdminSVID(ctx, p, cc); err != nil {
+						log.Warn("could not write the CLI's SVID", "err", err)
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(20 * time.Minute):
+					}
+				}
+			}
+			if err := os.MkdirAll(dir, 0o700); err == nil {
+				if err := writeAdminSVID(ctx, p, cc); err != nil {
+					log.Warn("could not write the CLI's SVID", "err", err)
+					cc.GatewayMTLS, cc.Cert = "", ""
+				}
+			}
+		}
+		if err == nil {
+			path, err = writeClientConfig(path, getenv, cc)
+		}
 		if err != nil {
 			log.Warn("could not write the CLI config", "err", err)
 		} else {
-			log.Info("wrote CLI config", "path", path)
+			log.Info("wrote CLI config", "path", path, "mtls", cc.GatewayMTLS != "")
 		}
 	}
 	fmt.Fprintf(stdout, "zfaas is up: gateway %s, mTLS %s, gRPC %s, data in %s\n", gwURL, p.tlsAddr, p.grpcAddr, cfg.DataDir)
 	tasks := []task{p.run}
+	if refreshSVID != nil {
+		tasks = append(tasks, refreshSVID)
+	}
 	if *examples != "" {
 		tasks = append(tasks, func(ctx context.Context) error {
 			if err := deployExamples(ctx, gwURL, *examples, stdout); err != nil {
@@ -439,4 +475,18 @@ func gatewayEnv(listen, tlsListen string) []string {
 		env = append(env, "ZFAAS_GATEWAY_MTLS=https://"+tlsListen)
 	}
 	return env
+}
+
+// writeAdminSVID mints the local administrator's X.509-SVID and writes it,
+// its key (0600) and the trust bundle where the CLI config points.
+func writeAdminSVID(ctx context.Context, p *platform, cc clientConfig) error {
+	svid, err := p.identity.MintX509(ctx, localAdminID)
+	if err != nil {
+		return err
+	}
+	bundle, err := p.identity.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	if err != nil {
+		return err
+	}
+	return writeSVIDFiles(cc.Cert, cc.Key, cc.Bundle, svid, bundle)
 }

@@ -54,6 +54,8 @@ type Config struct {
 	Policy PolicyAdmin
 	// Bundle, when set, serves the trust bundle at /v1/identity/bundle.
 	Bundle TrustBundler
+	// Users, when set, issues user SVIDs at /v1/identity/users/{name}.
+	Users UserIssuer
 	// Logger is the gateway's log; default discards.
 	Logger *slog.Logger
 	// Tenant is the tenant of every request until caller identities land;
@@ -220,6 +222,9 @@ func (g *Gateway) routes() {
 	m.HandleFunc("GET /v1/functions/{name}/logs", g.handleLogs)
 	if g.cfg.Bundle != nil {
 		m.HandleFunc("GET /v1/identity/bundle", g.handleBundle)
+	}
+	if g.cfg.Users != nil {
+		m.HandleFunc("POST /v1/identity/users/{name}", g.handleIssueUser)
 	}
 	if g.cfg.Policy != nil {
 		m.HandleFunc("POST /v1/policy/revisions", g.handlePolicyPush)

@@ -1347,3 +1347,50 @@ func TestCLIMutualTLS(t *testing.T) {
 		t.Fatalf("identity show: %v\n%s", err, out)
 	}
 }
+
+// TestIssueUser: an admin issues an SVID for a user; the key is made by the
+// CLI; the user then authenticates over mTLS as that user (and, being in no
+// tenant, may not list functions); a non-admin may not issue identities.
+func TestIssueUser(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	getenv := func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}
+	dir := filepath.Join(t.TempDir(), "alice")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"identity", "issue-user", "alice", "--out", dir}, getenv, &out, &out); err != nil {
+		t.Fatalf("issue-user: %v\n%s", err, out.String())
+	}
+	if st, err := os.Stat(filepath.Join(dir, "svid-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v %v, want 0600", st, err)
+	}
+	alice, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid-key.pem"))
+	if err != nil || alice.ID.String() != "spiffe://zfaas.local/user/alice" {
+		t.Fatalf("alice's SVID: %v %v", alice, err)
+	}
+	bundle, err := x509bundle.Load(alice.ID.TrustDomain(), filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: mtls.ClientConfig(alice, bundle, spiffeid.RequireFromString(gatewayID))}}
+	resp, err := hc.Get("https://" + tp.p.tlsAddr + "/v1/functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Fatalf("alice (no tenant) listing functions: %d %s, want 403", resp.StatusCode, body)
+	}
+	// Alice is no admin: she may not issue identities.
+	cl, err := client.New("https://"+tp.p.tlsAddr, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.IssueUser(context.Background(), "mallory", []byte("-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n")); !isAPIError(err, 403, "forbidden") {
+		t.Fatalf("alice issuing an identity: got %v, want 403", err)
+	}
+}

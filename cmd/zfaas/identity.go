@@ -2,11 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/zfaas/zfaas/gateway/client"
 )
 
 const identityUsage = `Usage: zfaas identity <command>
@@ -14,6 +24,7 @@ const identityUsage = `Usage: zfaas identity <command>
 Commands:
   bundle [--format jwks|pem]   print the trust domain's SPIFFE bundle
   show                         show the CLI's own SVID (from the client config)
+  issue-user NAME --out DIR    get an X.509-SVID for spiffe://TD/user/NAME (admins)
 `
 
 func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
@@ -60,10 +71,66 @@ func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr 
 			svid.ID, leaf.NotAfter.Local().Format(time.DateTime), time.Until(leaf.NotAfter).Round(time.Second),
 			cc.GatewayMTLS, cc.GatewayID, cc.Cert, cc.Key, cc.Bundle)
 		return nil
+	case "issue-user":
+		fs := newFlagSet("zfaas identity issue-user", "zfaas identity issue-user NAME --out DIR", stderr)
+		out := fs.String("out", "", "directory for svid.pem, svid-key.pem (0600) and bundle.pem (required)")
+		_, pos, c, err := clientArgs(fs, args[1:], 1, getenv)
+		if err != nil {
+			return err
+		}
+		if *out == "" {
+			fs.Usage()
+			return errUsage
+		}
+		return issueUser(ctx, c, pos[0], *out, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, identityUsage)
 		return nil
 	}
 	fmt.Fprintf(stderr, "zfaas identity: unknown command %q\n\n%s", args[0], identityUsage)
 	return errUsage
+}
+
+// issueUser makes a key here (it never leaves this machine), asks the
+// gateway to certify it for the user, and writes the SVID files.
+func issueUser(ctx context.Context, c *client.Client, name, dir string, stdout io.Writer) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return err
+	}
+	chain, err := c.IssueUser(ctx, name, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	if err != nil {
+		return err
+	}
+	bundle, err := c.TrustBundle(ctx, "pem")
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		"svid.pem":     chain,
+		"svid-key.pem": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		"bundle.pem":   bundle,
+	}
+	for f, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, f), data, 0o600); err != nil {
+			return err
+		}
+	}
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid-key.pem"))
+	if err != nil {
+		return fmt.Errorf("the issued SVID does not load: %w", err)
+	}
+	fmt.Fprintf(stdout, "issued %s, valid until %s, in %s\n", svid.ID, svid.Certificates[0].NotAfter.Local().Format(time.DateTime), dir)
+	return nil
 }

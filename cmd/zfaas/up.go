@@ -253,6 +253,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		GRPCAuthenticator:     bearer,
 		Policy:                enginePolicyAdmin{e: p.policy, now: time.Now},
 		Bundle:                p.identity,
+		Users:                 p.identity,
 		Logger:                log,
 		Tenant:                cfg.Tenant,
 		MaxPayloadBytes:       cfg.Gateway.MaxPayloadBytes,

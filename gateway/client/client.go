@@ -308,3 +308,22 @@ func (c *Client) TrustBundle(ctx context.Context, format string) ([]byte, error)
 	}
 	return io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 }
+
+// IssueUser asks the gateway to sign an X.509-SVID for user name over the
+// key of csrPEM (a PEM CERTIFICATE REQUEST); it returns the chain as PEM.
+func (c *Client) IssueUser(ctx context.Context, name string, csrPEM []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url("/v1/identity/users/"+url.PathEscape(name), nil), bytes.NewReader(csrPEM))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/pkcs10")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return nil, decodeError(resp)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+}

@@ -117,6 +117,8 @@ cases := [
 	{"name": "admin may push policy", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "policy.push"}, "allow": true, "reasons": ["caller is an admin"]},
 	{"name": "user may not push policy", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "policy.push"}, "allow": false, "reasons": ["only admins administer policy"]},
 	{"name": "user may not roll back policy", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "policy.rollback"}, "allow": false, "reasons": ["only admins administer policy"]},
+	{"name": "admin may issue identities", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "identity.issue"}, "allow": true, "reasons": ["caller is an admin"]},
+	{"name": "user may not issue identities", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "identity.issue"}, "allow": false, "reasons": ["only admins"]},
 	{"name": "admin with unknown action", "input": act(admin, "policy.rewrite"), "allow": false, "reasons": ["action \"policy.rewrite\" is not one of"]},
 	{"name": "admin with action invoke", "input": act(admin, "invoke"), "allow": false, "reasons": ["action \"invoke\" is not one of"]},
 	{"name": "invalid function name", "input": req(admin, "delete", {"tenant": "acme", "name": "../x"}, null), "allow": false, "reasons": ["function name \"../x\""]},

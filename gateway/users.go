@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
+)
+
+// UserIssuer signs X.509-SVIDs for people and CI (spiffe://TD/user/NAME)
+// over the key of a PKCS#10 request.
+type UserIssuer interface {
+	IssueUser(ctx context.Context, name string, csrDER []byte) ([]*x509.Certificate, error)
+}
+
+var userNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// handleIssueUser serves POST /v1/identity/users/{name}: the body is a PEM
+// "CERTIFICATE REQUEST"; the answer is the signed chain as PEM. Only what
+// the policy allows (action "identity.issue", admins in the shipped
+// policy) may issue identities.
+func (g *Gateway) handleIssueUser(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !userNameRE.MatchString(name) {
+		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "user name must be 1-63 lower-case letters, digits, '.', '_' or '-'"))
+		return
+	}
+	if err := g.authorizeControl(r, "identity.issue", "", nil); err != nil {
+		g.writeError(w, r, err)
+		return
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<10))
+	if err != nil {
+		g.writeError(w, r, errf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "certificate request over 16 KiB"))
+		return
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "CERTIFICATE REQUEST" {
+		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "body must be a PEM CERTIFICATE REQUEST"))
+		return
+	}
+	chain, err := g.cfg.Users.IssueUser(r.Context(), name, block.Bytes)
+	if err != nil {
+		var xe x509.UnhandledCriticalExtension
+		if errors.As(err, &xe) || errors.Is(err, x509.ErrUnsupportedAlgorithm) {
+			g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "unsupported certificate request"))
+			return
+		}
+		g.log.Info("identity issue refused", "user", name, "err", err)
+		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "certificate request refused: it must be a valid, self-signed ECDSA P-256 request"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.WriteHeader(http.StatusCreated)
+	for _, c := range chain {
+		_ = pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	g.log.Info("issued user identity", "user", name)
+}

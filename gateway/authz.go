@@ -169,11 +169,23 @@ func (g *Gateway) caller(r *http.Request) (Caller, error) {
 
 // authorizeControl authenticates r and asks the deploy policy about action
 // on a function (name may be empty for tenant-wide actions).
-func (g *Gateway) authorizeControl(r *http.Request, action, name string, cfg map[string]any) error {
+func (g *Gateway) authorizeControl(r *http.Request, action, name string) error {
+	_, err := g.authenticateControl(r, action, name)
+	return err
+}
+
+// authenticateControl is authorizeControl for handlers that also need the
+// caller (for example to record who pushed a policy).
+func (g *Gateway) authenticateControl(r *http.Request, action, name string) (Caller, error) {
 	c, err := g.caller(r)
 	if err != nil {
-		return err
+		return c, err
 	}
+	return c, g.authorizeAs(r, c, action, name, nil)
+}
+
+// authorizeAs asks the deploy policy about an already authenticated caller.
+func (g *Gateway) authorizeAs(r *http.Request, c Caller, action, name string, cfg map[string]any) error {
 	input := map[string]any{
 		"caller":   callerInput(c),
 		"action":   action,
@@ -183,6 +195,6 @@ func (g *Gateway) authorizeControl(r *http.Request, action, name string, cfg map
 	if cfg != nil {
 		input["config"] = cfg
 	}
-	_, err = g.authorize(r.Context(), "deploy", input)
+	_, err := g.authorize(r.Context(), "deploy", input)
 	return err
 }

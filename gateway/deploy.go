@@ -33,11 +33,13 @@ func (g *Gateway) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "function name must be 1-64 lower-case letters, digits or inner hyphens"))
 		return
 	}
-	if _, err := g.caller(r); err != nil {
+	// Authenticate before reading a body of up to the package limit.
+	c, err := g.caller(r)
+	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
-	v, err := g.deploy(r, name)
+	v, err := g.deploy(r, c, name)
 	if err != nil {
 		g.writeError(w, r, err)
 		return
@@ -46,7 +48,7 @@ func (g *Gateway) handleDeploy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, v)
 }
 
-func (g *Gateway) deploy(r *http.Request, name string) (api.Version, error) {
+func (g *Gateway) deploy(r *http.Request, caller Caller, name string) (api.Version, error) {
 	ctx := r.Context()
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/form-data" {
@@ -135,7 +137,7 @@ func (g *Gateway) deploy(r *http.Request, name string) (api.Version, error) {
 	if len(req.Description) > 256 {
 		return api.Version{}, errf(http.StatusBadRequest, CodeBadRequest, "description over 256 bytes")
 	}
-	if err := g.authorizeControl(r, "deploy", name, map[string]any{
+	if err := g.authorizeAs(r, caller, "deploy", name, map[string]any{
 		"runtime": string(cfg.Runtime), "mode": string(cfg.Mode), "memoryMB": cfg.MemoryMB,
 		"timeoutSeconds": cfg.TimeoutSeconds, "maxConcurrency": cfg.MaxConcurrency,
 		"packageSize": pkgSize,
@@ -227,7 +229,7 @@ func jsonErrMessage(err error) string {
 }
 
 func (g *Gateway) handleList(w http.ResponseWriter, r *http.Request) {
-	if err := g.authorizeControl(r, "read", "", nil); err != nil {
+	if err := g.authorizeControl(r, "read", ""); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -259,7 +261,7 @@ type FunctionInfo struct {
 
 func (g *Gateway) handleGet(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := g.authorizeControl(r, "read", name, nil); err != nil {
+	if err := g.authorizeControl(r, "read", name); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -278,7 +280,7 @@ func (g *Gateway) handleGet(w http.ResponseWriter, r *http.Request) {
 
 func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := g.authorizeControl(r, "delete", name, nil); err != nil {
+	if err := g.authorizeControl(r, "delete", name); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -297,7 +299,7 @@ func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handleVersions(w http.ResponseWriter, r *http.Request) {
-	if err := g.authorizeControl(r, "read", r.PathValue("name"), nil); err != nil {
+	if err := g.authorizeControl(r, "read", r.PathValue("name")); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -311,7 +313,7 @@ func (g *Gateway) handleVersions(w http.ResponseWriter, r *http.Request) {
 
 func (g *Gateway) handleVersion(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := g.authorizeControl(r, "read", name, nil); err != nil {
+	if err := g.authorizeControl(r, "read", name); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -341,7 +343,7 @@ type AliasRequest struct {
 
 func (g *Gateway) handleSetAlias(w http.ResponseWriter, r *http.Request) {
 	name, alias := r.PathValue("name"), r.PathValue("alias")
-	if err := g.authorizeControl(r, "alias.set", name, nil); err != nil {
+	if err := g.authorizeControl(r, "alias.set", name); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -383,7 +385,7 @@ func (g *Gateway) handleSetAlias(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handleDeleteAlias(w http.ResponseWriter, r *http.Request) {
-	if err := g.authorizeControl(r, "alias.delete", r.PathValue("name"), nil); err != nil {
+	if err := g.authorizeControl(r, "alias.delete", r.PathValue("name")); err != nil {
 		g.writeError(w, r, err)
 		return
 	}

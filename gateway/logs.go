@@ -70,7 +70,7 @@ func (s *LogStore) Log(rec api.LogRecord) {
 // newline-delimited JSON records.
 func (g *Gateway) handleLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := g.authorizeControl(r, "read", name, nil); err != nil {
+	if err := g.authorizeControl(r, "read", name); err != nil {
 		g.writeError(w, r, err)
 		return
 	}

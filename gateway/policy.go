@@ -61,12 +61,8 @@ func (g *Gateway) policyError(w http.ResponseWriter, r *http.Request, err error)
 }
 
 func (g *Gateway) handlePolicyPush(w http.ResponseWriter, r *http.Request) {
-	c, err := g.caller(r)
+	c, err := g.authenticateControl(r, "policy.push", "")
 	if err != nil {
-		g.writeError(w, r, err)
-		return
-	}
-	if err := g.authorizeControl(r, "policy.push", "", nil); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -89,7 +85,7 @@ func (g *Gateway) handlePolicyPush(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handlePolicyStatus(w http.ResponseWriter, r *http.Request) {
-	if err := g.authorizeControl(r, "policy.read", "", nil); err != nil {
+	if err := g.authorizeControl(r, "policy.read", ""); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -102,12 +98,8 @@ func (g *Gateway) handlePolicyStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handlePolicyRollback(w http.ResponseWriter, r *http.Request) {
-	c, err := g.caller(r)
+	c, err := g.authenticateControl(r, "policy.rollback", "")
 	if err != nil {
-		g.writeError(w, r, err)
-		return
-	}
-	if err := g.authorizeControl(r, "policy.rollback", "", nil); err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -131,7 +123,7 @@ func (g *Gateway) handlePolicyRollback(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) handlePolicyDecisions(w http.ResponseWriter, r *http.Request) {
-	if err := g.authorizeControl(r, "policy.read", "", nil); err != nil {
+	if err := g.authorizeControl(r, "policy.read", ""); err != nil {
 		g.writeError(w, r, err)
 		return
 	}

@@ -28,7 +28,7 @@ func (g *Gateway) handleIssueUser(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "user name must be 1-63 lower-case letters, digits, '.', '_' or '-'"))
 		return
 	}
-	if err := g.authorizeControl(r, "identity.issue", "", nil); err != nil {
+	if err := g.authorizeControl(r, "identity.issue", ""); err != nil {
 		g.writeError(w, r, err)
 		return
 	}

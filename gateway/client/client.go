@@ -87,6 +87,10 @@ func (c *Client) do(ctx context.Context, method, p string, q url.Values, body io
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 		return nil
 	}
+	if raw, ok := out.(*[]byte); ok { // the body as it is (PEM, JWKS)
+		*raw, err = io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+		return err
+	}
 	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out)
 }
 
@@ -294,36 +298,15 @@ func streamNDJSON(ctx context.Context, c *Client, path string, q url.Values, nex
 // TrustBundle fetches the trust domain's bundle: format "jwks" (the SPIFFE
 // bundle) or "pem" (the X.509 authorities).
 func (c *Client) TrustBundle(ctx context.Context, format string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/identity/bundle", url.Values{"format": {format}}), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return nil, decodeError(resp)
-	}
-	return io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	var b []byte
+	err := c.do(ctx, http.MethodGet, "/v1/identity/bundle", url.Values{"format": {format}}, nil, "", &b)
+	return b, err
 }
 
 // IssueUser asks the gateway to sign an X.509-SVID for user name over the
 // key of csrPEM (a PEM CERTIFICATE REQUEST); it returns the chain as PEM.
 func (c *Client) IssueUser(ctx context.Context, name string, csrPEM []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url("/v1/identity/users/"+url.PathEscape(name), nil), bytes.NewReader(csrPEM))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/pkcs10")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return nil, decodeError(resp)
-	}
-	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var b []byte
+	err := c.do(ctx, http.MethodPost, "/v1/identity/users/"+url.PathEscape(name), nil, bytes.NewReader(csrPEM), "application/pkcs10", &b)
+	return b, err
 }

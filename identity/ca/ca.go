@@ -330,6 +330,18 @@ func (c *CA) insert(a *authority) {
 	c.auths[i] = a
 }
 
+// signingAuthority returns the authority that signs now, and now.
+func (c *CA) signingAuthority() (*authority, time.Time, error) {
+	now := c.now()
+	c.mu.RLock()
+	a := c.activeLocked(now)
+	c.mu.RUnlock()
+	if a == nil {
+		return nil, now, ErrNoAuthority
+	}
+	return a, now, nil
+}
+
 // activeLocked returns the newest unexpired authority whose activation time
 // has come.
 func (c *CA) activeLocked(now time.Time) *authority {

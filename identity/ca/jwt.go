@@ -84,12 +84,9 @@ func (c *CA) MintJWTSVID(_ context.Context, p JWTParams) (*JWTSVID, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := c.now()
-	c.mu.RLock()
-	a := c.activeLocked(now)
-	c.mu.RUnlock()
-	if a == nil {
-		return nil, ErrNoAuthority
+	a, now, err := c.signingAuthority()
+	if err != nil {
+		return nil, err
 	}
 	_, exp := clip(now, ttl, a)
 	hdr, err := json.Marshal(jwtHeader{Alg: "ES256", Kid: a.kid, Typ: "JWT"})

@@ -50,12 +50,9 @@ func (c *CA) MintX509SVID(_ context.Context, p X509Params) (*X509SVID, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := c.now()
-	c.mu.RLock()
-	a := c.activeLocked(now)
-	c.mu.RUnlock()
-	if a == nil {
-		return nil, ErrNoAuthority
+	a, now, err := c.signingAuthority()
+	if err != nil {
+		return nil, err
 	}
 	nb, na := clip(now, ttl, a)
 	tmpl := &x509.Certificate{

@@ -162,6 +162,23 @@ func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatfo
 	return tp
 }
 
+// getenv is the environment the CLI sees in these tests: ZFAAS_GATEWAY
+// names this platform's plain listener, nothing else is set.
+func (tp *testPlatform) getenv(k string) string {
+	if k == "ZFAAS_GATEWAY" {
+		return tp.url
+	}
+	return ""
+}
+
+// cli runs the zfaas command against this platform and returns what it
+// printed on standard output and error.
+func (tp *testPlatform) cli(args ...string) (string, error) {
+	var out bytes.Buffer
+	err := run(context.Background(), args, tp.getenv, &out, &out)
+	return out.String(), err
+}
+
 func (tp *testPlatform) stop() {
 	tp.once.Do(func() {
 		tp.cancel()
@@ -784,20 +801,7 @@ func TestProvidedRuntime(t *testing.T) {
 // against a running platform.
 func TestCLI(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		if k == "ZFAAS_CLIENT_CONFIG" {
-			return filepath.Join(t.TempDir(), "none.yaml")
-		}
-		return ""
-	}
-	cli := func(args ...string) (string, error) {
-		var out, errb bytes.Buffer
-		err := run(context.Background(), args, getenv, &out, &errb)
-		return out.String() + errb.String(), err
-	}
+	cli := tp.cli
 	if out, err := cli("fn", "deploy", "hello", "--dir", built.hello, "--runtime", "go", "--memory", "256", "--timeout", "5s", "--env", "GREETING=Hi"); err != nil {
 		t.Fatalf("deploy: %v\n%s", err, out)
 	}
@@ -893,17 +897,7 @@ func TestPolicyEndToEnd(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
 	tp.deployFixture("guarded", nil)
 	tp.deployFixture("open", nil)
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		return ""
-	}
-	cli := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		err := run(context.Background(), args, getenv, &out, &out)
-		return out.String(), err
-	}
+	cli := tp.cli
 	tp.invokeFixture("guarded", nil) // the shipped policy lets the local admin in
 
 	if out, err := cli("policy", "push", "testdata/guard-policy"); err != nil {
@@ -978,15 +972,8 @@ allow if input.attributes.request.http.method == "GET"
 
 allow if input.parsed_path[0] == "public"
 `), 0o644)
-	var out bytes.Buffer
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		return ""
-	}
-	if err := run(context.Background(), []string{"policy", "push", dir}, getenv, &out, &out); err != nil {
-		t.Fatalf("push: %v\n%s", err, out.String())
+	if out, err := tp.cli("policy", "push", dir); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
 	}
 	conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -1051,17 +1038,7 @@ func TestFunctionLogsFollow(t *testing.T) {
 func TestPolicyLockoutRecovery(t *testing.T) {
 	dir := t.TempDir()
 	tp := startTest(t, dir, nil)
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		return ""
-	}
-	cli := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		err := run(context.Background(), args, getenv, &out, &out)
-		return out.String(), err
-	}
+	cli := tp.cli
 	locked := t.TempDir()
 	os.MkdirAll(filepath.Join(locked, "zfaas", "deploy"), 0o755)
 	os.WriteFile(filepath.Join(locked, "zfaas", "deploy", "deploy.rego"), []byte("package zfaas.deploy\n\ndecision := {\"allow\": false, \"reasons\": [\"locked\"]}\n"), 0o644)
@@ -1076,15 +1053,8 @@ func TestPolicyLockoutRecovery(t *testing.T) {
 		t.Fatalf("reset: %v\n%s", err, out)
 	}
 	tp2 := startTest(t, dir, nil)
-	getenv2 := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp2.url
-		}
-		return ""
-	}
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"policy", "status"}, getenv2, &out, &out); err != nil {
-		t.Fatalf("status after reset: %v\n%s", err, out.String())
+	if out, err := tp2.cli("policy", "status"); err != nil {
+		t.Fatalf("status after reset: %v\n%s", err, out)
 	}
 }
 
@@ -1191,24 +1161,17 @@ func TestFunctionCallsFunctionWithItsSVID(t *testing.T) {
 		t.Fatalf("no token from a function: got %s %s, want 403", status, body)
 	}
 	// The decision log shows the caller's own SPIFFE ID.
-	var out bytes.Buffer
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		return ""
-	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out.Reset()
-		if err := run(context.Background(), []string{"policy", "decisions", "--since", "1m"}, getenv, &out, &out); err != nil {
+		out, err := tp.cli("policy", "decisions", "--since", "1m")
+		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(out.String(), "spiffe://zfaas.local/ns/default/fn/caller") {
+		if strings.Contains(out, "spiffe://zfaas.local/ns/default/fn/caller") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no decision with the caller function's ID:\n%s", out.String())
+			t.Fatalf("no decision with the caller function's ID:\n%s", out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -1218,14 +1181,8 @@ func TestFunctionCallsFunctionWithItsSVID(t *testing.T) {
 // SPIFFE bundle parses with go-spiffe and holds X.509 and JWT authorities.
 func TestTrustBundle(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		return ""
-	}
 	var jwks, pemOut, errOut bytes.Buffer
-	if err := run(context.Background(), []string{"identity", "bundle", "--format", "jwks"}, getenv, &jwks, &errOut); err != nil {
+	if err := run(context.Background(), []string{"identity", "bundle", "--format", "jwks"}, tp.getenv, &jwks, &errOut); err != nil {
 		t.Fatalf("bundle jwks: %v %s", err, errOut.String())
 	}
 	b, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("zfaas.local"), jwks.Bytes())
@@ -1235,7 +1192,7 @@ func TestTrustBundle(t *testing.T) {
 	if len(b.X509Authorities()) == 0 || len(b.JWTAuthorities()) == 0 {
 		t.Fatalf("bundle has %d X.509 and %d JWT authorities", len(b.X509Authorities()), len(b.JWTAuthorities()))
 	}
-	if err := run(context.Background(), []string{"identity", "bundle"}, getenv, &pemOut, &errOut); err != nil {
+	if err := run(context.Background(), []string{"identity", "bundle"}, tp.getenv, &pemOut, &errOut); err != nil {
 		t.Fatalf("bundle pem: %v", err)
 	}
 	xb, err := x509bundle.Parse(spiffeid.RequireTrustDomainFromString("zfaas.local"), pemOut.Bytes())
@@ -1353,16 +1310,9 @@ func TestCLIMutualTLS(t *testing.T) {
 // tenant, may not list functions); a non-admin may not issue identities.
 func TestIssueUser(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
-	getenv := func(k string) string {
-		if k == "ZFAAS_GATEWAY" {
-			return tp.url
-		}
-		return ""
-	}
 	dir := filepath.Join(t.TempDir(), "alice")
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"identity", "issue-user", "alice", "--out", dir}, getenv, &out, &out); err != nil {
-		t.Fatalf("issue-user: %v\n%s", err, out.String())
+	if out, err := tp.cli("identity", "issue-user", "alice", "--out", dir); err != nil {
+		t.Fatalf("issue-user: %v\n%s", err, out)
 	}
 	if st, err := os.Stat(filepath.Join(dir, "svid-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file %v %v, want 0600", st, err)

@@ -11,6 +11,28 @@ import (
 	"time"
 )
 
+// loopbackPair returns both ends of an accepted loopback TCP connection;
+// they are closed when the test ends (closing twice is harmless).
+func loopbackPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		client.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
 func TestProcNetAddr(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -31,25 +53,7 @@ func TestProcNetAddr(t *testing.T) {
 // process passes when this process is listed in the cgroup file, and fails
 // when it is not.
 func TestCheckLoopbackPeer(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
-	client, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server := <-accepted
-	defer server.Close()
+	client, server := loopbackPair(t)
 
 	fakeCgroup := func(pids string) string {
 		dir := t.TempDir()
@@ -106,20 +110,7 @@ func TestCheckLoopbackPeerWaitsForAccept(t *testing.T) {
 // instance; a live host peer does not.
 func TestIsInstancePeerFailsClosed(t *testing.T) {
 	w := &Worker{}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, server := loopbackPair(t)
 	if w.IsInstancePeer(server.LocalAddr(), server.RemoteAddr()) {
 		t.Fatal("a live peer of this (non-instance) process counted as an instance")
 	}
@@ -136,21 +127,7 @@ func TestIsInstancePeerFailsClosed(t *testing.T) {
 // TestFindSocketInodeAgreesWithProc: the netlink lookup and the
 // /proc/net/tcp scan name the same socket.
 func TestFindSocketInodeAgreesWithProc(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, _ := loopbackPair(t)
 	l, r, err := connAddrs(client.LocalAddr(), client.RemoteAddr())
 	if err != nil {
 		t.Fatal(err)

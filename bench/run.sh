@@ -139,12 +139,12 @@ fi
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
 # shellcheck disable=SC2086 # UP_FLAGS is split on purpose
-"$ZFAAS" up --data-dir "$WORK/data" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
-	--client-config - --log-level warn ${UP_FLAGS:-} >"$WORK/up.out" 2>"$WORK/up.log" &
+"$ZFAAS" up --data-dir "$WORK/data" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --health-listen off \
+	--client-config "$WORK/client/config.yaml" --log-level warn ${UP_FLAGS:-} >"$WORK/up.out" 2>"$WORK/up.log" &
 UP_PID=$!
 GW=
 for _ in $(seq 1 300); do
-	GW=$(sed -n 's|^zfaas is up: gateway \(http://127\.0\.0\.1:[0-9]*\),.*|\1|p' "$WORK/up.out")
+	GW=$(sed -n 's|^zfaas is up: gateway \(https://127\.0\.0\.1:[0-9]*\) .*|\1|p' "$WORK/up.out")
 	[ -n "$GW" ] && break
 	kill -0 "$UP_PID" 2>/dev/null || die "zfaas up exited before it was ready"
 	sleep 0.1
@@ -154,7 +154,7 @@ echo "   gateway $GW"
 
 # In the background, so that INT/TERM reach the trap at once.
 # shellcheck disable=SC2086 # BENCH_FLAGS is split on purpose
-"$WORK/invokebench" -gateway "$GW" -zfaas "$ZFAAS" -examples "$EXAMPLES" -work "$WORK" ${BENCH_FLAGS:-} &
+"$WORK/invokebench" -gateway "$GW" -client-config "$WORK/client/config.yaml" -zfaas "$ZFAAS" -examples "$EXAMPLES" -work "$WORK" ${BENCH_FLAGS:-} &
 BENCH_PID=$!
 wait "$BENCH_PID"
 BENCH_PID=

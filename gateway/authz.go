@@ -14,7 +14,7 @@ type Caller struct {
 	SPIFFEID string `json:"spiffe_id"`
 	// Authenticated reports whether the identity was verified.
 	Authenticated bool `json:"authenticated"`
-	// AuthMethod is how: "x509", "jwt", "local" (development) or "none".
+	// AuthMethod is how: "x509", "jwt" or "none".
 	AuthMethod string `json:"auth_method"`
 	// Kind is "user", "function", "worker", "gateway", "policyd" or
 	// "anonymous", from the ID's path.
@@ -97,33 +97,14 @@ func CallerFromID(id, method string) Caller {
 	return c
 }
 
-// LocalAdmin treats every request as the local administrator. It is the
-// development shortcut of the all-in-one shape until mutual TLS identities
-// are configured, and is only sound because the gateway then listens on
-// loopback only.
-type LocalAdmin struct {
-	// ID is the administrator's SPIFFE ID.
-	ID string
-}
-
-// Authenticate returns the administrator.
-func (l LocalAdmin) Authenticate(*http.Request) (Caller, error) {
-	c := CallerFromID(l.ID, "local")
-	return c, nil
-}
-
-// AuthenticateContext returns the administrator.
-func (l LocalAdmin) AuthenticateContext(context.Context) (Caller, error) {
-	return CallerFromID(l.ID, "local"), nil
-}
-
 // requestInput is the request part of a policy input.
 func requestInput(r *http.Request, protocol string) map[string]any {
 	hdr := make(map[string]any, len(r.Header))
 	for k, vs := range r.Header {
 		hdr[strings.ToLower(k)] = strings.Join(vs, ", ")
 	}
-	tlsInfo := map[string]any{"protocol": "", "cipher_suite": ""}
+	proto, suite := TLSState(r.TLS)
+	tlsInfo := map[string]any{"protocol": proto, "cipher_suite": suite}
 	return map[string]any{
 		"protocol": protocol,
 		"method":   r.Method,

@@ -99,3 +99,9 @@ func (g *Gateway) classify(err error) (int, string, string) {
 	}
 	return http.StatusInternalServerError, CodeInternal, "internal error"
 }
+
+// WriteError writes the stable JSON error body with status, for listeners
+// next to the gateway (the health listener) that answer in its format.
+func WriteError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: message}})
+}

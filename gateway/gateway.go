@@ -54,8 +54,9 @@ type Config struct {
 	Policy PolicyAdmin
 	// Bundle, when set, serves the trust bundle at /v1/identity/bundle.
 	Bundle TrustBundler
-	// Users, when set, issues user SVIDs at /v1/identity/users/{name}.
-	Users UserIssuer
+	// Users, when set, issues SVIDs for users at /v1/identity/users/{name}
+	// and for policy engines at /v1/identity/policyd/{name}.
+	Users SVIDIssuer
 	// Logger is the gateway's log; default discards.
 	Logger *slog.Logger
 	// Tenant is the tenant of every request until caller identities land;
@@ -224,7 +225,7 @@ func (g *Gateway) routes() {
 		m.HandleFunc("GET /v1/identity/bundle", g.handleBundle)
 	}
 	if g.cfg.Users != nil {
-		m.HandleFunc("POST /v1/identity/users/{name}", g.handleIssueUser)
+		m.HandleFunc("POST /v1/identity/{kind}/{name}", g.handleIssue)
 	}
 	if g.cfg.Policy != nil {
 		m.HandleFunc("POST /v1/policy/revisions", g.handlePolicyPush)

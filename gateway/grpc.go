@@ -8,7 +8,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
@@ -51,9 +53,15 @@ func (s *grpcServer) Invoke(ctx context.Context, req *zfaasv1.InvokeRequest) (*z
 			hdr[strings.ToLower(k)] = strings.Join(vs, ", ")
 		}
 	}
+	var proto, suite string
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			proto, suite = TLSState(&info.State)
+		}
+	}
 	request := map[string]any{
 		"protocol": "grpc", "method": "POST", "path": zfaasv1.Functions_Invoke_FullMethodName,
-		"headers": hdr, "tls": map[string]any{"protocol": "", "cipher_suite": ""}, "trace_id": "",
+		"headers": hdr, "tls": map[string]any{"protocol": proto, "cipher_suite": suite}, "trace_id": "",
 	}
 	o, err := s.g.invoke(ctx, invocation{name: name, qualifier: qualifier, payload: req.GetPayload(), caller: caller, request: request})
 	if err != nil {

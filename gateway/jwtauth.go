@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"strings"
 
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	"github.com/zfaas/zfaas/crypto/mtls"
 )
@@ -80,22 +83,18 @@ func (b BearerJWT) AuthenticateContext(ctx context.Context) (Caller, error) {
 	return b.NextContext.AuthenticateContext(ctx)
 }
 
-// TLSPeer authenticates requests that arrived over TLS: the client's
-// X.509-SVID (verified during the handshake by crypto/mtls), else a
-// JWT-SVID bearer token, else ErrUnauthenticated — a TLS listener never
-// falls back to a development shortcut. Requests without TLS go to Plain.
+// TLSPeer authenticates requests and calls that arrived over TLS: the
+// client's X.509-SVID (verified during the handshake by crypto/mtls), else a
+// JWT-SVID bearer token, else ErrUnauthenticated. A request without TLS is
+// refused: the gateway serves its APIs over TLS only.
 type TLSPeer struct {
 	Bearer BearerJWT
-	Plain  Authenticator
 }
 
 // Authenticate implements Authenticator.
 func (a TLSPeer) Authenticate(r *http.Request) (Caller, error) {
 	if r.TLS == nil {
-		if a.Plain == nil {
-			return Anonymous, nil
-		}
-		return a.Plain.Authenticate(r)
+		return Anonymous, fmt.Errorf("%w: the gateway accepts requests over TLS only", ErrUnauthenticated)
 	}
 	if id, ok := mtls.PeerID(r.TLS); ok {
 		return CallerFromID(id.String(), "x509"), nil
@@ -103,5 +102,53 @@ func (a TLSPeer) Authenticate(r *http.Request) (Caller, error) {
 	if token, ok := bearer(r.Header.Get("Authorization")); ok {
 		return a.Bearer.verify(token)
 	}
-	return Anonymous, fmt.Errorf("%w: a client X.509-SVID or a JWT-SVID bearer token is required", ErrUnauthenticated)
+	return Anonymous, errNoCredentials
+}
+
+// AuthenticateContext implements ContextAuthenticator for gRPC calls: the
+// peer's X.509-SVID from the TLS handshake, else a JWT-SVID in the
+// "authorization" metadata.
+func (a TLSPeer) AuthenticateContext(ctx context.Context) (Caller, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return Anonymous, fmt.Errorf("%w: no peer", ErrUnauthenticated)
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return Anonymous, fmt.Errorf("%w: the gateway accepts calls over TLS only", ErrUnauthenticated)
+	}
+	if id, ok := mtls.PeerID(&info.State); ok {
+		return CallerFromID(id.String(), "x509"), nil
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if vs := md.Get("authorization"); len(vs) > 0 {
+			if token, ok := bearer(vs[0]); ok {
+				return a.Bearer.verify(token)
+			}
+		}
+	}
+	return Anonymous, errNoCredentials
+}
+
+var errNoCredentials = fmt.Errorf("%w: a client X.509-SVID or a JWT-SVID bearer token is required", ErrUnauthenticated)
+
+// TLSState returns the protocol and cipher suite names of a connection
+// state for policy input and logs ("" for none).
+func TLSState(cs *tls.ConnectionState) (protocol, suite string) {
+	if cs == nil {
+		return "", ""
+	}
+	return tlsVersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case 0:
+		return ""
+	}
+	return fmt.Sprintf("0x%04x", v)
 }

@@ -8,12 +8,17 @@ ZFAAS=./bin/zfaas
 [ "$(id -u)" = 0 ] || { echo "the process sandbox needs root" >&2; exit 1; }
 
 data=$(mktemp -d /tmp/zfaas-demo.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-gw="http://127.0.0.1:$port"
-export ZFAAS_GATEWAY=$gw
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(freeport)
+hport=$(freeport)
+gw="https://127.0.0.1:$port"
+health="http://127.0.0.1:$hport"
+# The CLI uses the client config (the administrator's SVID files) that
+# zfaas up writes here.
+export ZFAAS_CLIENT_CONFIG=$data/client/config.yaml
 log="$data/zfaas.log"
-"$ZFAAS" up --data-dir "$data/state" --listen "127.0.0.1:$port" --grpc-listen off --tls-listen off \
-  --client-config - --deploy-examples build/examples >"$log" 2>&1 &
+"$ZFAAS" up --data-dir "$data/state" --listen "127.0.0.1:$port" --grpc-listen off --health-listen "127.0.0.1:$hport" \
+  --client-config "$ZFAAS_CLIENT_CONFIG" --deploy-examples build/examples >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
@@ -30,13 +35,16 @@ step "$ZFAAS" fn invoke hello --data '{"name":"demo"}' -v
 step "$ZFAAS" fn invoke hello --data '{"name":"demo"}' -v
 step "$ZFAAS" fn invoke python-hello --data '{"name":"demo"}'
 step "$ZFAAS" fn invoke node-hello --data '{"name":"demo"}'
-step curl -s "$gw/function/http-echo/hello/world?x=1" -d 'from curl'
+# curl over mutual TLS with the administrator's SVID; the gateway's SVID
+# also names 127.0.0.1, so curl verifies it against the trust bundle.
+c="$data/client"
+step curl -s --cacert "$c/bundle.pem" --cert "$c/svid.pem" --key "$c/svid-key.pem" "$gw/function/http-echo/hello/world?x=1" -d 'from curl'
 step "$ZFAAS" fn invoke caller --data '{"target":"hello","payload":{"name":"peer"}}'
 step "$ZFAAS" fn deploy hello --dir build/examples/hello --env GREETING=Howdy
 step "$ZFAAS" fn alias set hello live 1 --additional-version 2 --weight 0.5
 for _ in 1 2 3 4; do "$ZFAAS" fn invoke hello:live --data '{"name":"canary"}'; done
 step "$ZFAAS" fn versions hello
-printf '\n\033[1m$ curl -s %s/metrics | grep zfaas_invocations_total\033[0m\n' "$gw"
-curl -s "$gw/metrics" | grep '^zfaas_invocations_total' || true
+printf '\n\033[1m$ curl -s %s/metrics | grep zfaas_invocations_total\033[0m\n' "$health"
+curl -s "$health/metrics" | grep '^zfaas_invocations_total' || true
 echo
 echo "demo done; platform log was $log (removed on exit)"

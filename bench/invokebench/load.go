@@ -73,6 +73,9 @@ func newClient(conc int) *http.Client {
 			MaxConnsPerHost:     conc,
 			IdleConnTimeout:     time.Minute,
 			DisableCompression:  true,
+			// The gateway's TLS (https URLs only); keep-alive amortizes the
+			// handshake as it does for any long-lived client.
+			TLSClientConfig: gatewayTLS,
 		},
 	}
 }

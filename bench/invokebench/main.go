@@ -48,10 +48,12 @@ func main() {
 
 // bench holds what every phase needs.
 type bench struct {
-	gateway  string // http://127.0.0.1:PORT
+	gateway  string // https://127.0.0.1:PORT
 	zfaas    string // the CLI
 	examples string // build/examples
 	work     string // scratch directory, removed by run.sh
+	// clientConfig is the CLI config `zfaas up` wrote (admin SVID files).
+	clientConfig string
 	rtDir    string // runtime bootstraps for the bare Lambda baselines
 	warmup   time.Duration
 	gwClient *http.Client
@@ -68,7 +70,9 @@ func (b *bench) logf(format string, args ...any) {
 func (b *bench) cli(ctx context.Context, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, b.zfaas, append(args, "--gateway", b.gateway)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, b.zfaas, append(args, "--gateway", b.gateway)...)
+	cmd.Env = append(os.Environ(), "ZFAAS_CLIENT_CONFIG="+b.clientConfig)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("zfaas %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
@@ -89,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("invokebench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	gw := fs.String("gateway", "", "gateway URL of a running `zfaas up` (loopback only)")
+	clientCfg := fs.String("client-config", "", "the client config `zfaas up --client-config` wrote: the administrator's SVID files (required)")
 	zfaas := fs.String("zfaas", "bin/zfaas", "zfaas CLI used to deploy and delete functions")
 	exDir := fs.String("examples", "build/examples", "built examples (make examples)")
 	work := fs.String("work", "", "scratch directory (required; the caller removes it)")
@@ -103,8 +108,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: the zfaas process sandbox uses namespaces and cgroups (run it as root, e.g. sudo make bench)")
 	}
-	if *work == "" || *gw == "" {
-		return errors.New("-gateway and -work are required")
+	if *work == "" || *gw == "" || *clientCfg == "" {
+		return errors.New("-gateway, -client-config and -work are required")
+	}
+	var err error
+	if gatewayTLS, err = loadClientTLS(*clientCfg); err != nil {
+		return err
 	}
 	if err := loopbackURL(*gw); err != nil {
 		return err
@@ -132,7 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer procLog.Close()
 	b := &bench{
-		gateway: strings.TrimRight(*gw, "/"), zfaas: *zfaas, examples: *exDir, work: *work,
+		gateway: strings.TrimRight(*gw, "/"), zfaas: *zfaas, examples: *exDir, work: *work, clientConfig: *clientCfg,
 		rtDir: filepath.Join(*work, "runtime"), warmup: *warmup,
 		gwClient: newClient(1), deployed: map[string]bool{}, procLog: procLog, stderr: stderr,
 	}
@@ -259,8 +268,8 @@ func (b *bench) startDirect(ctx context.Context) (string, func(), error) {
 
 func loopbackURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || u.Scheme != "http" {
-		return fmt.Errorf("-gateway %q: want http://127.0.0.1:PORT", s)
+	if err != nil || u.Scheme != "https" {
+		return fmt.Errorf("-gateway %q: want https://127.0.0.1:PORT", s)
 	}
 	if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsLoopback() {
 		return fmt.Errorf("-gateway %q: only loopback addresses are benchmarked", s)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -21,15 +22,18 @@ import (
 // clientConfig is what the CLI needs to reach the platform. `zfaas up`
 // writes it (0600) so the CLI on the same machine works without flags.
 type clientConfig struct {
+	// Gateway is the gateway's URL, e.g. https://127.0.0.1:8443.
 	Gateway string `yaml:"gateway"`
-	// GatewayMTLS, GatewayID, Cert, Key and Bundle, when set, make the CLI
-	// talk to the gateway over mutual TLS with the user's X.509-SVID (files
-	// that `zfaas up` writes and refreshes for the local administrator).
-	GatewayMTLS string `yaml:"gateway_mtls,omitempty"`
-	GatewayID   string `yaml:"gateway_id,omitempty"`
-	Cert        string `yaml:"cert,omitempty"`
-	Key         string `yaml:"key,omitempty"`
-	Bundle      string `yaml:"bundle,omitempty"`
+	// GatewayID is the SPIFFE ID the gateway's certificate must carry.
+	GatewayID string `yaml:"gateway_id,omitempty"`
+	// Cert and Key are the user's X.509-SVID (PEM chain, PEM key 0600):
+	// `zfaas up` writes and refreshes them for the local administrator,
+	// `zfaas identity issue-user` for others.
+	Cert string `yaml:"cert,omitempty"`
+	Key  string `yaml:"key,omitempty"`
+	// Bundle is the trust domain's X.509 bundle (PEM) that verifies the
+	// gateway.
+	Bundle string `yaml:"bundle,omitempty"`
 }
 
 func clientConfigPath(getenv env) (string, error) {
@@ -113,24 +117,56 @@ func writeSVIDFiles(certPath, keyPath, bundlePath string, svid *x509svid.SVID, b
 	return nil
 }
 
-// mtlsHTTPClient builds the CLI's HTTP client from the SVID files of the
-// client config: it presents the user's X.509-SVID and accepts only the
-// gateway's SPIFFE ID.
-func (c clientConfig) mtlsHTTPClient() (*http.Client, error) {
-	svid, err := x509svid.Load(c.Cert, c.Key)
-	if err != nil {
-		return nil, fmt.Errorf("load the CLI's SVID: %w", err)
+// httpClient builds the CLI's HTTP client. Over https it verifies the
+// gateway by its SPIFFE ID against the trust bundle, presents the user's
+// X.509-SVID when the config names one, and sends token (a JWT-SVID) as a
+// bearer token when it is not empty.
+func (c clientConfig) httpClient(token string) (*http.Client, error) {
+	u, err := url.Parse(c.Gateway)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("gateway %q: want https://HOST:PORT", c.Gateway)
 	}
-	gw, err := spiffeid.FromString(c.GatewayID)
-	if err != nil {
-		return nil, fmt.Errorf("gateway_id: %w", err)
+	var rt http.RoundTripper = http.DefaultTransport
+	if u.Scheme == "https" {
+		if c.Bundle == "" || c.GatewayID == "" {
+			return nil, fmt.Errorf("no trust bundle or gateway ID to verify %s: run `zfaas up` on this machine, or point ZFAAS_CLIENT_CONFIG at the config.yaml that `zfaas identity issue-user` wrote", c.Gateway)
+		}
+		gw, err := spiffeid.FromString(c.GatewayID)
+		if err != nil {
+			return nil, fmt.Errorf("gateway_id: %w", err)
+		}
+		bundle, err := x509bundle.Load(gw.TrustDomain(), c.Bundle)
+		if err != nil {
+			return nil, fmt.Errorf("load the trust bundle: %w", err)
+		}
+		var src x509svid.Source
+		if c.Cert != "" {
+			svid, err := x509svid.Load(c.Cert, c.Key)
+			if err != nil {
+				return nil, fmt.Errorf("load the CLI's SVID: %w", err)
+			}
+			src = svid
+		}
+		rt = &http.Transport{
+			Proxy:             http.ProxyFromEnvironment,
+			TLSClientConfig:   mtls.ClientConfig(src, bundle, gw),
+			ForceAttemptHTTP2: true,
+		}
 	}
-	bundle, err := x509bundle.Load(gw.TrustDomain(), c.Bundle)
-	if err != nil {
-		return nil, fmt.Errorf("load the trust bundle: %w", err)
+	if token != "" {
+		rt = bearerTransport{token: token, next: rt}
 	}
-	return &http.Client{
-		Timeout:   16 * time.Minute,
-		Transport: &http.Transport{TLSClientConfig: mtls.ClientConfig(svid, bundle, gw)},
-	}, nil
+	return &http.Client{Timeout: 16 * time.Minute, Transport: rt}, nil
+}
+
+// bearerTransport adds "Authorization: Bearer TOKEN" to every request.
+type bearerTransport struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }

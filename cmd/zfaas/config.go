@@ -8,8 +8,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 
 	"github.com/zfaas/zfaas/api"
@@ -19,14 +22,29 @@ import (
 // upConfig is the YAML configuration of `zfaas up`. Unknown keys are an
 // error. See docs/configuration.md.
 type upConfig struct {
-	DataDir  string        `yaml:"data_dir"`
-	LogLevel string        `yaml:"log_level"`
-	Tenant   string        `yaml:"tenant"`
-	Gateway  gatewayConfig `yaml:"gateway"`
-	Worker   workerConfig  `yaml:"worker"`
-	Packages packageConfig `yaml:"packages"`
-	Store    storeConfig   `yaml:"store"`
-	Policy   policyConfig  `yaml:"policy"`
+	DataDir  string         `yaml:"data_dir"`
+	LogLevel string         `yaml:"log_level"`
+	Tenant   string         `yaml:"tenant"`
+	Gateway  gatewayConfig  `yaml:"gateway"`
+	Worker   workerConfig   `yaml:"worker"`
+	Packages packageConfig  `yaml:"packages"`
+	Store    storeConfig    `yaml:"store"`
+	Policy   policyConfig   `yaml:"policy"`
+	Identity identityConfig `yaml:"identity"`
+}
+
+// identityConfig configures the trust domain's CA and the SVIDs it issues.
+type identityConfig struct {
+	// TrustDomain is the SPIFFE trust domain (default "zfaas.local").
+	TrustDomain string `yaml:"trust_domain"`
+	// X509SVIDTTL is the lifetime of X.509-SVIDs (default 1h); holders
+	// rotate at half life.
+	X509SVIDTTL time.Duration `yaml:"x509_svid_ttl"`
+	// JWTSVIDTTL is the lifetime of JWT-SVIDs (default 5m).
+	JWTSVIDTTL time.Duration `yaml:"jwt_svid_ttl"`
+	// CATTL is the lifetime of each signing authority (default 24h); at
+	// least six times either SVID TTL.
+	CATTL time.Duration `yaml:"ca_ttl"`
 }
 
 type policyConfig struct {
@@ -40,12 +58,20 @@ type policyConfig struct {
 }
 
 type gatewayConfig struct {
-	Listen     string `yaml:"listen"`
+	// Listen serves the HTTP API (HTTP/1.1 and HTTP/2) over mutual TLS:
+	// every caller presents an X.509-SVID or a JWT-SVID bearer token.
+	Listen string `yaml:"listen"`
+	// GRPCListen serves the gRPC API (zfaas.v1.Functions, Envoy ext_authz)
+	// over mutual TLS; empty disables it.
 	GRPCListen string `yaml:"grpc_listen"`
-	// TLSListen serves the HTTP API over mutual TLS with SPIFFE SVIDs;
-	// empty disables it. It may listen beyond loopback: every caller must
-	// present an X.509-SVID or a JWT-SVID.
-	TLSListen             string        `yaml:"tls_listen"`
+	// HealthListen serves only /healthz and /metrics, in plain HTTP;
+	// empty disables it.
+	HealthListen string `yaml:"health_listen"`
+	// ServerNames are host names and IP addresses the gateway's SVID names
+	// besides its SPIFFE ID (always: localhost, 127.0.0.1, ::1 and the
+	// listen hosts), so clients that check host names can verify it
+	// against the trust bundle.
+	ServerNames           []string      `yaml:"server_names"`
 	MaxPayloadBytes       int64         `yaml:"max_payload_bytes"`
 	WaitBudget            time.Duration `yaml:"wait_budget"`
 	DefaultMaxConcurrency int           `yaml:"default_max_concurrency"`
@@ -87,9 +113,9 @@ func defaultUpConfig(getenv env) upConfig {
 		LogLevel: "info",
 		Tenant:   "default",
 		Gateway: gatewayConfig{
-			Listen:                "127.0.0.1:8080",
-			TLSListen:             "127.0.0.1:8443",
+			Listen:                "127.0.0.1:8443",
 			GRPCListen:            "127.0.0.1:9090",
+			HealthListen:          "127.0.0.1:8080",
 			MaxPayloadBytes:       6 << 20,
 			WaitBudget:            time.Second,
 			DefaultMaxConcurrency: 32,
@@ -111,6 +137,12 @@ func defaultUpConfig(getenv env) upConfig {
 		},
 		Store:  storeConfig{Replicas: 1},
 		Policy: policyConfig{DecisionLog: true},
+		Identity: identityConfig{
+			TrustDomain: "zfaas.local",
+			X509SVIDTTL: time.Hour,
+			JWTSVIDTTL:  5 * time.Minute,
+			CATTL:       24 * time.Hour,
+		},
 	}
 }
 
@@ -146,25 +178,27 @@ func (c *upConfig) validate() error {
 	default:
 		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
 	}
-	for name, addr := range map[string]string{"gateway.listen": c.Gateway.Listen, "gateway.grpc_listen": c.Gateway.GRPCListen} {
-		if addr == "" && name == "gateway.grpc_listen" {
+	for name, addr := range map[string]string{"gateway.listen": c.Gateway.Listen, "gateway.grpc_listen": c.Gateway.GRPCListen, "gateway.health_listen": c.Gateway.HealthListen} {
+		if addr == "" && name != "gateway.listen" {
 			continue
 		}
-		host, _, err := net.SplitHostPort(addr)
-		if err != nil {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s %q: %v", name, addr, err)
 		}
-		// Until mutual TLS is configured, the APIs must not leave the
-		// machine: secure by default.
-		ip := net.ParseIP(host)
-		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return fmt.Errorf("%s %q: only loopback addresses are allowed while the gateway has no mTLS identity configured", name, addr)
+	}
+	if c.Gateway.Listen == c.Gateway.HealthListen || c.Gateway.Listen == c.Gateway.GRPCListen ||
+		(c.Gateway.GRPCListen != "" && c.Gateway.GRPCListen == c.Gateway.HealthListen) {
+		if !strings.HasSuffix(c.Gateway.Listen, ":0") {
+			return errors.New("gateway.listen, gateway.grpc_listen and gateway.health_listen must be different addresses")
 		}
 	}
-	if c.Gateway.TLSListen != "" {
-		if _, _, err := net.SplitHostPort(c.Gateway.TLSListen); err != nil {
-			return fmt.Errorf("gateway.tls_listen %q: %v", c.Gateway.TLSListen, err)
+	for _, n := range c.Gateway.ServerNames {
+		if net.ParseIP(n) == nil && !hostNameRE.MatchString(n) {
+			return fmt.Errorf("gateway.server_names: %q is neither an IP address nor a DNS name", n)
 		}
+	}
+	if err := c.Identity.validate(); err != nil {
+		return err
 	}
 	if c.Worker.Sandbox != "process" {
 		return fmt.Errorf("worker.sandbox %q: only \"process\" is available in this build", c.Worker.Sandbox)
@@ -202,6 +236,24 @@ func (c *upConfig) validate() error {
 	}
 	if c.Store.Replicas > 1 && c.Store.URL == "" {
 		return fmt.Errorf("store.replicas %d needs store.url: the embedded server is a single node", c.Store.Replicas)
+	}
+	return nil
+}
+
+var hostNameRE = regexp.MustCompile(`^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
+
+func (c identityConfig) validate() error {
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("identity.trust_domain %q: %v", c.TrustDomain, err)
+	}
+	if c.X509SVIDTTL < time.Minute || c.X509SVIDTTL > 30*24*time.Hour {
+		return fmt.Errorf("identity.x509_svid_ttl %s: want 1m..720h", c.X509SVIDTTL)
+	}
+	if c.JWTSVIDTTL < 30*time.Second || c.JWTSVIDTTL > 24*time.Hour {
+		return fmt.Errorf("identity.jwt_svid_ttl %s: want 30s..24h", c.JWTSVIDTTL)
+	}
+	if c.CATTL < 6*c.X509SVIDTTL || c.CATTL < 6*c.JWTSVIDTTL {
+		return fmt.Errorf("identity.ca_ttl %s: must be at least 6 times x509_svid_ttl and jwt_svid_ttl, so a successor authority is published before it signs", c.CATTL)
 	}
 	return nil
 }

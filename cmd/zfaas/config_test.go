@@ -16,14 +16,24 @@ func TestConfigFile(t *testing.T) {
 		check   func(upConfig) bool
 	}{
 		{"empty keeps defaults", "", "", func(c upConfig) bool {
-			return c.Gateway.Listen == "127.0.0.1:8080" && c.Worker.IdleTimeout == 10*time.Minute
+			return c.Gateway.Listen == "127.0.0.1:8443" && c.Gateway.HealthListen == "127.0.0.1:8080" && c.Worker.IdleTimeout == 10*time.Minute &&
+				c.Identity.TrustDomain == "zfaas.local" && c.Identity.X509SVIDTTL == time.Hour && c.Identity.JWTSVIDTTL == 5*time.Minute
 		}},
 		{"overrides", "data_dir: /srv/z\ngateway:\n  listen: 127.0.0.1:9999\n  wait_budget: 250ms\nworker:\n  idle_timeout: 30s\n", "", func(c upConfig) bool {
 			return c.DataDir == "/srv/z" && c.Gateway.Listen == "127.0.0.1:9999" && c.Gateway.WaitBudget == 250*time.Millisecond && c.Worker.IdleTimeout == 30*time.Second
 		}},
 		{"unknown key names its line", "gateway:\n  listen: 127.0.0.1:1\n  lisen: x\n", "line 3", nil},
 		{"wrong type names its line", "gateway:\n  wait_budget: soon\n", "line 2", nil},
-		{"public listener refused", "gateway:\n  listen: 0.0.0.0:8080\n", "loopback", nil},
+		{"public mTLS listener", "gateway:\n  listen: 0.0.0.0:8443\n", "", func(c upConfig) bool { return c.Gateway.Listen == "0.0.0.0:8443" }},
+		{"tls_listen is gone", "gateway:\n  tls_listen: 127.0.0.1:8443\n", "tls_listen", nil},
+		{"same address twice", "gateway:\n  health_listen: 127.0.0.1:8443\n", "different addresses", nil},
+		{"identity", "identity:\n  trust_domain: example.org\n  x509_svid_ttl: 2h\n  jwt_svid_ttl: 1m\n  ca_ttl: 48h\n", "", func(c upConfig) bool {
+			return c.Identity.TrustDomain == "example.org" && c.Identity.X509SVIDTTL == 2*time.Hour && c.Identity.JWTSVIDTTL == time.Minute
+		}},
+		{"server names", "gateway:\n  server_names: [gw.example.com, 10.0.0.1]\n", "", func(c upConfig) bool { return len(c.Gateway.ServerNames) == 2 }},
+		{"bad server name", "gateway:\n  server_names: [\"https://x\"]\n", "server_names", nil},
+		{"bad trust domain", "identity:\n  trust_domain: Not/A/Domain\n", "identity.trust_domain", nil},
+		{"ca_ttl too short", "identity:\n  x509_svid_ttl: 12h\n", "ca_ttl", nil},
 		{"unknown sandbox", "worker:\n  sandbox: vm\n", "sandbox", nil},
 		{"root uid refused", "worker:\n  uid: 0\n", "unprivileged", nil},
 		{"bad tenant", "tenant: Acme\n", "tenant", nil},

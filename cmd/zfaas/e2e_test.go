@@ -10,6 +10,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +33,7 @@ import (
 	spiffeworkloadapi "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
@@ -116,14 +117,18 @@ func buildFunctions(t *testing.T) {
 }
 
 type testPlatform struct {
-	t       *testing.T
-	p       *platform
-	url     string
-	c       *client.Client
-	cancel  context.CancelFunc
-	done    chan error
-	dataDir string
-	once    sync.Once
+	t   *testing.T
+	p   *platform
+	url string // https://API address
+	// hc is an HTTP client with the local administrator's X.509-SVID.
+	hc *http.Client
+	c  *client.Client
+	// clientConfig is the CLI config (admin SVID files) tp.cli uses.
+	clientConfig string
+	cancel       context.CancelFunc
+	done         chan error
+	dataDir      string
+	once         sync.Once
 }
 
 func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatform {
@@ -134,7 +139,7 @@ func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatfo
 	cfg.DataDir = dataDir
 	cfg.Gateway.Listen = "127.0.0.1:0"
 	cfg.Gateway.GRPCListen = "127.0.0.1:0"
-	cfg.Gateway.TLSListen = "127.0.0.1:0"
+	cfg.Gateway.HealthListen = "127.0.0.1:0"
 	cfg.Gateway.WaitBudget = 200 * time.Millisecond
 	if mutate != nil {
 		mutate(&cfg)
@@ -152,23 +157,58 @@ func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatfo
 		cancel()
 		t.Fatalf("start platform: %v", err)
 	}
-	tp := &testPlatform{t: t, p: p, url: "http://" + p.httpAddr, cancel: cancel, done: make(chan error, 1), dataDir: dataDir}
+	tp := &testPlatform{t: t, p: p, url: "https://" + p.httpAddr, hc: p.adminClient, cancel: cancel, done: make(chan error, 1), dataDir: dataDir}
 	go func() { tp.done <- p.run(ctx) }()
-	tp.c, err = client.New(tp.url, nil)
+	tp.c, err = client.New(tp.url, tp.hc)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The CLI's config with the local administrator's SVID files, as
+	// `zfaas up` writes them.
+	cdir := t.TempDir()
+	cc := clientConfig{Gateway: tp.url, GatewayID: p.gatewayID,
+		Cert: filepath.Join(cdir, "svid.pem"), Key: filepath.Join(cdir, "svid-key.pem"), Bundle: filepath.Join(cdir, "bundle.pem")}
+	if err := writeAdminSVID(ctx, p, cc); err != nil {
+		t.Fatal(err)
+	}
+	if tp.clientConfig, err = writeClientConfig(filepath.Join(cdir, "config.yaml"), nil, cc); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tp.stop)
 	return tp
 }
 
-// getenv is the environment the CLI sees in these tests: ZFAAS_GATEWAY
-// names this platform's plain listener, nothing else is set.
+// getenv is the environment the CLI sees in these tests:
+// ZFAAS_CLIENT_CONFIG names the administrator's client config for this
+// platform, nothing else is set.
 func (tp *testPlatform) getenv(k string) string {
-	if k == "ZFAAS_GATEWAY" {
-		return tp.url
+	if k == "ZFAAS_CLIENT_CONFIG" {
+		return tp.clientConfig
 	}
 	return ""
+}
+
+// grpcConn dials the platform's gRPC port over TLS, presenting svids (nil:
+// no client certificate).
+func (tp *testPlatform) grpcConn(svids x509svid.Source) *grpc.ClientConn {
+	tp.t.Helper()
+	cfg := mtls.ClientConfig(svids, tp.p.identity, spiffeid.RequireFromString(tp.p.gatewayID))
+	conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	tp.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// mint returns a fresh X.509-SVID for id from the platform's CA.
+func (tp *testPlatform) mint(id string) *x509svid.SVID {
+	tp.t.Helper()
+	s, err := tp.p.identity.MintX509(context.Background(), id)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	return s
 }
 
 // cli runs the zfaas command against this platform and returns what it
@@ -241,7 +281,7 @@ func (tp *testPlatform) invokeFixture(target string, ev map[string]any) (fixture
 // rawInvoke posts to the invoke endpoint and returns status, headers and body.
 func (tp *testPlatform) rawInvoke(target string, body []byte) (int, http.Header, []byte) {
 	tp.t.Helper()
-	resp, err := http.Post(tp.url+"/v1/functions/"+target+"/invoke", "application/json", bytes.NewReader(body))
+	resp, err := tp.hc.Post(tp.url+"/v1/functions/"+target+"/invoke", "application/json", bytes.NewReader(body))
 	if err != nil {
 		tp.t.Fatal(err)
 	}
@@ -309,7 +349,7 @@ func TestExamplesEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("http-echo", func(t *testing.T) {
-		resp, err := http.Post(tp.url+"/function/http-echo/some/path?q=1", "text/plain", strings.NewReader("ping"))
+		resp, err := tp.hc.Post(tp.url+"/function/http-echo/some/path?q=1", "text/plain", strings.NewReader("ping"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,12 +368,7 @@ func TestExamplesEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("grpc", func(t *testing.T) {
-		conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		c := zfaasv1.NewFunctionsClient(conn)
+		c := zfaasv1.NewFunctionsClient(tp.grpcConn(tp.mint(tp.p.adminID)))
 		resp, err := c.Invoke(context.Background(), &zfaasv1.InvokeRequest{Function: "hello", Payload: []byte(`{"name":"grpc"}`)})
 		if err != nil {
 			t.Fatal(err)
@@ -345,9 +380,14 @@ func TestExamplesEndToEnd(t *testing.T) {
 		if status.Code(err) != codes.NotFound {
 			t.Fatalf("unknown function: got %v, want NotFound", err)
 		}
+		// Without a client SVID or a bearer token: Unauthenticated.
+		anon := zfaasv1.NewFunctionsClient(tp.grpcConn(nil))
+		if _, err := anon.Invoke(context.Background(), &zfaasv1.InvokeRequest{Function: "hello"}); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("gRPC without credentials: got %v, want Unauthenticated", err)
+		}
 	})
 	t.Run("metrics", func(t *testing.T) {
-		resp, err := http.Get(tp.url + "/metrics")
+		resp, err := http.Get("http://" + tp.p.healthAddr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -738,7 +778,7 @@ func TestDeployRefusals(t *testing.T) {
 				t.Errorf("%s: got %d %s, want %d %s", c.target, code, body, c.status, c.code)
 			}
 		}
-		resp, err := http.Post(tp.url+"/v1/functions/ok/versions", "application/json", strings.NewReader("{}"))
+		resp, err := tp.hc.Post(tp.url+"/v1/functions/ok/versions", "application/json", strings.NewReader("{}"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -749,7 +789,7 @@ func TestDeployRefusals(t *testing.T) {
 		}
 		errorCode(t, b)
 		req, _ := http.NewRequest(http.MethodPatch, tp.url+"/v1/functions/ok", nil)
-		resp, err = http.DefaultClient.Do(req)
+		resp, err = tp.hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -856,36 +896,44 @@ func TestCallerCancelKeepsInstance(t *testing.T) {
 	}
 }
 
-// TestFunctionIsNotAdmin: until functions have identities, a function
-// calling the gateway on loopback is anonymous, and the default policy
-// denies it, although local users act as the administrator.
-func TestFunctionIsNotAdmin(t *testing.T) {
+// TestNoPlaintextAPI: the API is served over TLS only. Plain HTTP to the
+// API port gets no answer from the API, and the plain health listener
+// serves /healthz and /metrics and nothing else — not even to a function
+// instance on the same machine.
+func TestNoPlaintextAPI(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
 	tp.deployFixture("sneaky", nil)
-	for _, path := range []string{"/v1/functions", "/v1/functions/sneaky/versions"} {
-		r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "get", "path": tp.url + path})
-		if r.Data != "403" {
-			t.Errorf("function GET %s: got %q (%s), want 403", path, r.Data, r.Err)
+	for _, u := range []string{"http://" + tp.p.httpAddr + "/v1/functions", "http://" + tp.p.healthAddr + "/v1/functions", "http://" + tp.p.healthAddr + "/function/sneaky"} {
+		r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "get", "path": u})
+		if r.Data != "400" && r.Data != "404" {
+			t.Errorf("function GET %s: got %q (%s), want 400 or 404", u, r.Data, r.Err)
+		}
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 && resp.StatusCode != 404 {
+			t.Errorf("host GET %s: got %d %s, want 400 or 404", u, resp.StatusCode, b)
 		}
 	}
-	// A request whose socket is closed before the gateway looks at its
-	// owner is not the administrator's either.
-	tp.deployFixture("victim", nil)
-	if r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "hit-and-run", "path": tp.p.httpAddr, "data": "victim"}); r.Err != "" {
-		t.Fatal(r.Err)
-	}
-	time.Sleep(3 * time.Second)
-	if _, err := tp.c.Get(context.Background(), "victim"); err != nil {
-		t.Fatalf("a function deleted another function: %v", err)
-	}
-	// The same request from the host is the local administrator's.
-	resp, err := http.Get(tp.url + "/v1/functions")
+	resp, err := http.Get("http://" + tp.p.healthAddr + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		t.Fatalf("local admin: got %d", resp.StatusCode)
+		t.Fatalf("healthz: got %d", resp.StatusCode)
+	}
+	// The mutual-TLS API answers /healthz too.
+	resp, err = tp.hc.Get(tp.url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz over mTLS: got %d", resp.StatusCode)
 	}
 }
 
@@ -898,7 +946,7 @@ func TestPolicyEndToEnd(t *testing.T) {
 	tp.deployFixture("guarded", nil)
 	tp.deployFixture("open", nil)
 	cli := tp.cli
-	tp.invokeFixture("guarded", nil) // the shipped policy lets the local admin in
+	tp.invokeFixture("guarded", nil) // the shipped policy lets the admin in
 
 	if out, err := cli("policy", "push", "testdata/guard-policy"); err != nil {
 		t.Fatalf("push: %v\n%s", err, out)
@@ -975,12 +1023,12 @@ allow if input.parsed_path[0] == "public"
 	if out, err := tp.cli("policy", "push", dir); err != nil {
 		t.Fatalf("push: %v\n%s", err, out)
 	}
-	conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	// Only authenticated peers may ask (here: a mesh sidecar's SVID).
+	anon := authv3.NewAuthorizationClient(tp.grpcConn(nil))
+	if _, err := anon.Check(context.Background(), &authv3.CheckRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Check without credentials: got %v, want Unauthenticated", err)
 	}
-	defer conn.Close()
-	c := authv3.NewAuthorizationClient(conn)
+	c := authv3.NewAuthorizationClient(tp.grpcConn(tp.mint("spiffe://zfaas.local/ns/default/fn/envoy")))
 	check := func(method, path string) codes.Code {
 		resp, err := c.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: method, Path: path, Host: "svc"}},
@@ -1157,8 +1205,8 @@ func TestFunctionCallsFunctionWithItsSVID(t *testing.T) {
 	if status, body := call(`{"call":"hello","audience":"spiffe://zfaas.local/gateway/elsewhere"}`); status != "401" || !strings.Contains(body, "unauthenticated") {
 		t.Fatalf("token for another audience: got %s %s, want 401", status, body)
 	}
-	if status, body := call(`{"call":"hello","token":"none"}`); status != "403" {
-		t.Fatalf("no token from a function: got %s %s, want 403", status, body)
+	if status, body := call(`{"call":"hello","token":"none"}`); status != "401" {
+		t.Fatalf("no token from a function: got %s %s, want 401", status, body)
 	}
 	// The decision log shows the caller's own SPIFFE ID.
 	deadline := time.Now().Add(5 * time.Second)
@@ -1208,10 +1256,10 @@ func TestTrustBundle(t *testing.T) {
 func TestGatewayMTLS(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
 	ctx := context.Background()
-	gw := spiffeid.RequireFromString(gatewayID)
+	gw := spiffeid.RequireFromString(tp.p.gatewayID)
 	get := func(cfg *tls.Config, path string) (int, []byte, error) {
 		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
-		resp, err := hc.Get("https://" + tp.p.tlsAddr + path)
+		resp, err := hc.Get(tp.url + path)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -1219,14 +1267,11 @@ func TestGatewayMTLS(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, b, nil
 	}
-	admin, err := tp.p.identity.MintX509(ctx, localAdminID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := tp.mint(tp.p.adminID)
 	if code, body, err := get(mtls.ClientConfig(admin, tp.p.identity, gw), "/v1/functions"); err != nil || code != 200 {
 		t.Fatalf("admin over mTLS: %d %s %v", code, body, err)
 	}
-	// No client certificate and no bearer token: 401, not the local admin.
+	// No client certificate and no bearer token: 401.
 	code, body, err := get(mtls.ClientConfig(nil, tp.p.identity, gw), "/v1/functions")
 	if err != nil || code != 401 || errorCode(t, body) != "unauthenticated" {
 		t.Fatalf("no credentials over mTLS: %d %s %v, want 401", code, body, err)
@@ -1255,6 +1300,23 @@ func TestGatewayMTLS(t *testing.T) {
 	if _, _, err := get(mtls.ClientConfig(foreign, tp.p.identity, gw), "/v1/functions"); err == nil {
 		t.Fatal("a certificate from another trust domain was accepted")
 	}
+	// A client that checks host names (curl, browsers) verifies the
+	// gateway's SVID against the trust bundle too.
+	pool := x509.NewCertPool()
+	b, _ := tp.p.identity.GetX509BundleForTrustDomain(tp.p.td)
+	for _, c := range b.X509Authorities() {
+		pool.AddCert(c)
+	}
+	plain := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		c := &tls.Certificate{PrivateKey: admin.PrivateKey}
+		for _, x := range admin.Certificates {
+			c.Certificate = append(c.Certificate, x.Raw)
+		}
+		return c, nil
+	}}
+	if code, body, err := get(plain, "/v1/functions"); err != nil || code != 200 {
+		t.Fatalf("host-name-verifying client: %d %s %v", code, body, err)
+	}
 	// The client checks the gateway's SPIFFE ID.
 	if _, _, err := get(mtls.ClientConfig(admin, tp.p.identity, spiffeid.RequireFromString("spiffe://zfaas.local/gateway/elsewhere")), "/healthz"); err == nil {
 		t.Fatal("the client accepted a gateway with an unexpected SPIFFE ID")
@@ -1263,45 +1325,56 @@ func TestGatewayMTLS(t *testing.T) {
 
 // TestCLIMutualTLS: with the client config `zfaas up` writes (the local
 // administrator's SVID files), the CLI talks to the gateway over mutual TLS
-// — the plain address in the config is unreachable here — and shows its
-// identity.
+// and shows its identity; without a trust bundle it refuses to connect.
 func TestCLIMutualTLS(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
-	cfgHome := t.TempDir()
-	dir := filepath.Join(cfgHome, "zfaas")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cc := clientConfig{
-		Gateway:     "http://127.0.0.1:1",
-		GatewayMTLS: "https://" + tp.p.tlsAddr, GatewayID: gatewayID,
-		Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "svid-key.pem"), Bundle: filepath.Join(dir, "bundle.pem"),
-	}
-	if err := writeAdminSVID(context.Background(), tp.p, cc); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := os.Stat(cc.Key); err != nil || st.Mode().Perm() != 0o600 {
+	if st, err := os.Stat(filepath.Join(filepath.Dir(tp.clientConfig), "svid-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v, want 0600", st, err)
 	}
-	getenv := func(k string) string {
-		if k == "XDG_CONFIG_HOME" {
-			return cfgHome
-		}
-		return ""
-	}
-	if _, err := writeClientConfig("", getenv, cc); err != nil {
-		t.Fatal(err)
-	}
-	cli := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		err := run(context.Background(), args, getenv, &out, &out)
-		return out.String(), err
-	}
-	if out, err := cli("fn", "ls"); err != nil {
+	if out, err := tp.cli("fn", "ls"); err != nil {
 		t.Fatalf("fn ls over mTLS: %v\n%s", err, out)
 	}
-	if out, err := cli("identity", "show"); err != nil || !strings.Contains(out, localAdminID) {
+	if out, err := tp.cli("identity", "show"); err != nil || !strings.Contains(out, tp.p.adminID) {
 		t.Fatalf("identity show: %v\n%s", err, out)
+	}
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"fn", "ls"}, func(k string) string {
+		if k == "ZFAAS_GATEWAY" {
+			return tp.url
+		}
+		return ""
+	}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "trust bundle") {
+		t.Fatalf("fn ls without a client config: %v\n%s", err, out.String())
+	}
+}
+
+// TestTrustDomainConfig: identity.trust_domain names every SVID, and the
+// shipped policy follows it (its admin is the new domain's admin).
+func TestTrustDomainConfig(t *testing.T) {
+	tp := startTest(t, t.TempDir(), func(c *upConfig) { c.Identity.TrustDomain = "acme.test" })
+	if tp.p.adminID != "spiffe://acme.test/user/admin" || tp.p.gatewayID != "spiffe://acme.test/gateway/local" {
+		t.Fatalf("ids: %s %s", tp.p.adminID, tp.p.gatewayID)
+	}
+	tp.deployFixture("fx", nil)
+	if out, err := tp.cli("fn", "ls"); err != nil || !strings.Contains(out, "fx") {
+		t.Fatalf("admin of acme.test: %v\n%s", err, out)
+	}
+	// An SVID of the shipped domain is foreign here.
+	other, err := ca.New(context.Background(), ca.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("zfaas.local"), Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	osv, err := other.MintX509SVID(context.Background(), ca.X509Params{ID: spiffeid.RequireFromString("spiffe://zfaas.local/user/admin"), PublicKey: key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: mtls.ClientConfig(&x509svid.SVID{ID: osv.ID, Certificates: osv.Certificates, PrivateKey: key}, tp.p.identity, spiffeid.RequireFromString(tp.p.gatewayID))}}
+	if resp, err := hc.Get(tp.url + "/v1/functions"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("an SVID of zfaas.local was accepted by acme.test: %d", resp.StatusCode)
 	}
 }
 
@@ -1325,8 +1398,8 @@ func TestIssueUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: mtls.ClientConfig(alice, bundle, spiffeid.RequireFromString(gatewayID))}}
-	resp, err := hc.Get("https://" + tp.p.tlsAddr + "/v1/functions")
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: mtls.ClientConfig(alice, bundle, spiffeid.RequireFromString(tp.p.gatewayID))}}
+	resp, err := hc.Get(tp.url + "/v1/functions")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1336,11 +1409,32 @@ func TestIssueUser(t *testing.T) {
 		t.Fatalf("alice (no tenant) listing functions: %d %s, want 403", resp.StatusCode, body)
 	}
 	// Alice is no admin: she may not issue identities.
-	cl, err := client.New("https://"+tp.p.tlsAddr, hc)
+	cl, err := client.New(tp.url, hc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cl.IssueUser(context.Background(), "mallory", []byte("-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n")); !isAPIError(err, 403, "forbidden") {
 		t.Fatalf("alice issuing an identity: got %v, want 403", err)
+	}
+	// A standalone policy engine's SVID.
+	pdDir := filepath.Join(t.TempDir(), "pd")
+	if out, err := tp.cli("identity", "issue-policyd", "pd1", "--out", pdDir); err != nil {
+		t.Fatalf("issue-policyd: %v\n%s", err, out)
+	}
+	if pd, err := openSVIDDir(pdDir); err != nil {
+		t.Fatal(err)
+	} else if s, _ := pd.GetX509SVID(); s.ID.String() != "spiffe://zfaas.local/policyd/pd1" {
+		t.Fatalf("policyd SVID is %s", s.ID)
+	}
+	// The client config written beside her files makes the CLI act as her.
+	var out bytes.Buffer
+	err = run(context.Background(), []string{"identity", "show"}, func(k string) string {
+		if k == "ZFAAS_CLIENT_CONFIG" {
+			return filepath.Join(dir, "config.yaml")
+		}
+		return ""
+	}, &out, &out)
+	if err != nil || !strings.Contains(out.String(), "spiffe://zfaas.local/user/alice") {
+		t.Fatalf("identity show as alice: %v\n%s", err, out.String())
 	}
 }

@@ -33,40 +33,45 @@ import (
 type cliFlags struct {
 	gateway string
 	output  string
+	// conn is what client() resolved: the gateway and the credentials.
+	conn clientConfig
 }
 
 func (c *cliFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.gateway, "gateway", "", "gateway URL (env ZFAAS_GATEWAY; default from the client config that zfaas up wrote)")
+	fs.StringVar(&c.gateway, "gateway", "", "gateway URL (env ZFAAS_GATEWAY; default from the client config that zfaas up wrote, else "+defaultGatewayURL+")")
 	fs.StringVar(&c.output, "o", "table", "output format: table or json")
 }
 
+// defaultGatewayURL is where `zfaas up` serves its API by default.
+const defaultGatewayURL = "https://127.0.0.1:8443"
+
+// client builds the API client: the gateway from --gateway, ZFAAS_GATEWAY
+// or the client config; over TLS the credentials (X.509-SVID files, trust
+// bundle, gateway ID) from the client config, and a JWT-SVID bearer token
+// from ZFAAS_TOKEN when set.
 func (c *cliFlags) client(getenv env) (*client.Client, error) {
 	if c.output != "table" && c.output != "json" {
 		return nil, fmt.Errorf("-o %q: want table or json", c.output)
 	}
-	gw := c.gateway
-	if gw == "" {
-		gw = getenv("ZFAAS_GATEWAY")
+	cc, err := readClientConfig(getenv)
+	if err != nil {
+		return nil, err
 	}
-	if gw == "" {
-		cc, err := readClientConfig(getenv)
-		if err != nil {
-			return nil, err
+	for _, gw := range []string{c.gateway, getenv("ZFAAS_GATEWAY"), cc.Gateway, defaultGatewayURL} {
+		if gw != "" {
+			cc.Gateway = gw
+			break
 		}
-		// The user's SVID, when `zfaas up` wrote one, over mutual TLS.
-		if cc.GatewayMTLS != "" && cc.Cert != "" {
-			hc, err := cc.mtlsHTTPClient()
-			if err != nil {
-				return nil, err
-			}
-			return client.New(cc.GatewayMTLS, hc)
-		}
-		gw = cc.Gateway
 	}
-	if gw == "" {
-		gw = "http://127.0.0.1:8080"
+	if id := getenv("ZFAAS_GATEWAY_ID"); id != "" {
+		cc.GatewayID = id
 	}
-	return client.New(gw, &http.Client{Timeout: 16 * time.Minute})
+	hc, err := cc.httpClient(getenv("ZFAAS_TOKEN"))
+	if err != nil {
+		return nil, err
+	}
+	c.conn = cc
+	return client.New(cc.Gateway, hc)
 }
 
 const fnUsage = `Usage: zfaas fn <command>
@@ -563,12 +568,12 @@ func fnLogs(ctx context.Context, args []string, getenv env, stdout, stderr io.Wr
 }
 
 // deployExamples deploys every directory under root that has a zfaas.yaml.
-func deployExamples(ctx context.Context, gwURL, root string, stdout io.Writer) error {
+func deployExamples(ctx context.Context, gwURL string, hc *http.Client, root string, stdout io.Writer) error {
 	ents, err := os.ReadDir(root)
 	if err != nil {
 		return err
 	}
-	c, err := client.New(gwURL, &http.Client{Timeout: 5 * time.Minute})
+	c, err := client.New(gwURL, hc)
 	if err != nil {
 		return err
 	}

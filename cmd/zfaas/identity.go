@@ -25,6 +25,8 @@ Commands:
   bundle [--format jwks|pem]   print the trust domain's SPIFFE bundle
   show                         show the CLI's own SVID (from the client config)
   issue-user NAME --out DIR    get an X.509-SVID for spiffe://TD/user/NAME (admins)
+  issue-policyd NODE --out DIR get an X.509-SVID for spiffe://TD/policyd/NODE, for
+                               a standalone 'zfaas policyd --svid-dir DIR' (admins)
 `
 
 func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
@@ -59,7 +61,7 @@ func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr 
 			return err
 		}
 		if cc.Cert == "" {
-			fmt.Fprintln(stdout, "no SVID: the CLI uses the plain loopback listener (", cc.Gateway, ")")
+			fmt.Fprintf(stdout, "no SVID in the client config; gateway %s\n", cc.Gateway)
 			return nil
 		}
 		svid, err := x509svid.Load(cc.Cert, cc.Key)
@@ -69,12 +71,13 @@ func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr 
 		leaf := svid.Certificates[0]
 		fmt.Fprintf(stdout, "SPIFFE ID:  %s\nExpires:    %s (in %s)\nGateway:    %s (%s)\nFiles:      %s, %s, %s\n",
 			svid.ID, leaf.NotAfter.Local().Format(time.DateTime), time.Until(leaf.NotAfter).Round(time.Second),
-			cc.GatewayMTLS, cc.GatewayID, cc.Cert, cc.Key, cc.Bundle)
+			cc.Gateway, cc.GatewayID, cc.Cert, cc.Key, cc.Bundle)
 		return nil
-	case "issue-user":
-		fs := newFlagSet("zfaas identity issue-user", "zfaas identity issue-user NAME --out DIR", stderr)
+	case "issue-user", "issue-policyd":
+		kind := map[string]string{"issue-user": "users", "issue-policyd": "policyd"}[args[0]]
+		fs := newFlagSet("zfaas identity "+args[0], "zfaas identity "+args[0]+" NAME --out DIR", stderr)
 		out := fs.String("out", "", "directory for svid.pem, svid-key.pem (0600) and bundle.pem (required)")
-		_, pos, c, err := clientArgs(fs, args[1:], 1, getenv)
+		cf, pos, c, err := clientArgs(fs, args[1:], 1, getenv)
 		if err != nil {
 			return err
 		}
@@ -82,7 +85,7 @@ func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr 
 			fs.Usage()
 			return errUsage
 		}
-		return issueUser(ctx, c, pos[0], *out, stdout)
+		return issueSVID(ctx, c, cf.conn, kind, pos[0], *out, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, identityUsage)
 		return nil
@@ -91,9 +94,10 @@ func runIdentity(ctx context.Context, args []string, getenv env, stdout, stderr 
 	return errUsage
 }
 
-// issueUser makes a key here (it never leaves this machine), asks the
-// gateway to certify it for the user, and writes the SVID files.
-func issueUser(ctx context.Context, c *client.Client, name, dir string, stdout io.Writer) error {
+// issueSVID makes a key here (it never leaves this machine), asks the
+// gateway to certify it for a user or policy engine (kind "users" or
+// "policyd"), and writes the SVID files; for users also a client config.
+func issueSVID(ctx context.Context, c *client.Client, conn clientConfig, kind, name, dir string, stdout io.Writer) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -102,7 +106,7 @@ func issueUser(ctx context.Context, c *client.Client, name, dir string, stdout i
 	if err != nil {
 		return err
 	}
-	chain, err := c.IssueUser(ctx, name, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	chain, err := c.IssueSVID(ctx, kind, name, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
 	if err != nil {
 		return err
 	}
@@ -131,6 +135,23 @@ func issueUser(ctx context.Context, c *client.Client, name, dir string, stdout i
 	if err != nil {
 		return fmt.Errorf("the issued SVID does not load: %w", err)
 	}
-	fmt.Fprintf(stdout, "issued %s, valid until %s, in %s\n", svid.ID, svid.Certificates[0].NotAfter.Local().Format(time.DateTime), dir)
+	if kind != "users" {
+		fmt.Fprintf(stdout, "issued %s, valid until %s, in %s\n", svid.ID, svid.Certificates[0].NotAfter.Local().Format(time.DateTime), dir)
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	// A client config beside the files, so ZFAAS_CLIENT_CONFIG=DIR/config.yaml
+	// makes the CLI act as the user.
+	cfgPath, err := writeClientConfig(filepath.Join(abs, "config.yaml"), nil, clientConfig{
+		Gateway: conn.Gateway, GatewayID: conn.GatewayID,
+		Cert: filepath.Join(abs, "svid.pem"), Key: filepath.Join(abs, "svid-key.pem"), Bundle: filepath.Join(abs, "bundle.pem"),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "issued %s, valid until %s, in %s (client config %s)\n", svid.ID, svid.Certificates[0].NotAfter.Local().Format(time.DateTime), dir, cfgPath)
 	return nil
 }

@@ -22,11 +22,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/zfaas/zfaas/api"
 	policydv1 "github.com/zfaas/zfaas/api/policyd/v1"
+	"github.com/zfaas/zfaas/identity/ca"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/store"
 )
@@ -249,13 +255,35 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// TestPolicydRole: the standalone policy engine serves decisions over
+// mutual TLS with the SVID from --svid-dir, to callers of its trust domain
+// only.
 func TestPolicydRole(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
+	td := spiffeid.RequireTrustDomainFromString("zfaas.test")
+	authority, err := ca.New(ctx, ca.Config{TrustDomain: td, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authority.Close()
+	mint := func(id string) *x509svid.SVID {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		s, err := authority.MintX509SVID(ctx, ca.X509Params{ID: spiffeid.RequireFromString(id), PublicKey: key.Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &x509svid.SVID{ID: s.ID, Certificates: s.Certificates, PrivateKey: key}
+	}
+	bundle := authority.X509Bundle()
+	svids := t.TempDir()
+	if err := writeSVIDFiles(filepath.Join(svids, "svid.pem"), filepath.Join(svids, "svid-key.pem"), filepath.Join(svids, "bundle.pem"), mint("spiffe://zfaas.test/policyd/pd1"), bundle); err != nil {
+		t.Fatal(err)
+	}
 	var out, errOut syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- runPolicyd(ctx, []string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--node", "pd1", "--default-policy", testPolicyDir, "--log-level", "warn"}, noEnv, &out, &errOut)
+		done <- runPolicyd(ctx, []string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--node", "pd1", "--default-policy", testPolicyDir, "--log-level", "warn", "--svid-dir", svids}, noEnv, &out, &errOut)
 	}()
 	addrRE := regexp.MustCompile(`gRPC (\S+), node pd1, policy revision 0`)
 	var addr string
@@ -274,15 +302,26 @@ func TestPolicydRole(t *testing.T) {
 			t.Fatalf("policyd did not start: %s %s", out.String(), errOut.String())
 		}
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	decide := func(creds credentials.TransportCredentials) (*policydv1.DecideResponse, error) {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return policydv1.NewDecisionsClient(conn).Decide(ctx, &policydv1.DecideRequest{
+			Entry: "invoke",
+			Input: &policydv1.DecideRequest_InputJson{InputJson: []byte(`{"caller": {"spiffe_id": "spiffe://zfaas.test/user/alice"}, "function": {"name": "f"}}`)},
+		})
 	}
-	defer conn.Close()
-	resp, err := policydv1.NewDecisionsClient(conn).Decide(ctx, &policydv1.DecideRequest{
-		Entry: "invoke",
-		Input: &policydv1.DecideRequest_InputJson{InputJson: []byte(`{"caller": {"spiffe_id": "spiffe://zfaas.test/user/alice"}, "function": {"name": "f"}}`)},
-	})
+	pd := tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://zfaas.test/policyd/pd1"))
+	if _, err := decide(insecure.NewCredentials()); err == nil {
+		t.Fatal("a plaintext client got a decision")
+	}
+	if _, err := decide(credentials.NewTLS(tlsconfig.TLSClientConfig(bundle, pd))); err == nil {
+		t.Fatal("a client without an SVID got a decision")
+	}
+	// A gateway's SVID of the trust domain is a valid caller.
+	resp, err := decide(grpccredentials.MTLSClientCredentials(mint("spiffe://zfaas.test/gateway/gw1"), bundle, pd))
 	if err != nil || !resp.GetAllow() || resp.GetRevision() != 0 {
 		t.Fatalf("Decide over the policyd role: %v, %v", resp, err)
 	}
@@ -297,5 +336,9 @@ func TestPolicydRole(t *testing.T) {
 	}
 	if err := runPolicyd(t.Context(), nil, noEnv, io.Discard, io.Discard); !errors.Is(err, errUsage) {
 		t.Errorf("no store flag: got %v, want usage", err)
+	}
+	var msg bytes.Buffer
+	if err := runPolicyd(t.Context(), []string{"--data-dir", t.TempDir()}, noEnv, io.Discard, &msg); !errors.Is(err, errUsage) || !strings.Contains(msg.String(), "--svid-dir") {
+		t.Errorf("no identity: got %v %s, want usage naming --svid-dir", err, msg.String())
 	}
 }

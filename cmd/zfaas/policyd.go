@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 
 	"github.com/zfaas/zfaas/policyd"
@@ -18,12 +21,13 @@ import (
 	"github.com/zfaas/zfaas/store"
 )
 
-const policydUsageText = "zfaas policyd (--nats URL | --data-dir DIR) [--listen ADDR] [flags]"
+const policydUsageText = "zfaas policyd (--nats URL | --data-dir DIR) (--svid-dir DIR | --spiffe-socket ADDR | --insecure-plaintext) [--listen ADDR] [flags]"
 
 // runPolicyd runs the standalone policy engine role: it follows the policy
 // revisions in the store and serves Envoy ext_authz
 // (envoy.service.auth.v3.Authorization) and zfaas.policyd.v1.Decisions on
-// one gRPC listener.
+// one gRPC listener, over mutual TLS with its own X.509-SVID: callers must
+// present an X.509-SVID of the same trust domain.
 func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
 	fs := newFlagSet("zfaas policyd", policydUsageText, stderr)
 	natsURL := fs.String("nats", getenv("ZFAAS_NATS_URL"), "NATS cluster URL(s) of the store (env ZFAAS_NATS_URL)")
@@ -37,6 +41,9 @@ func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr i
 	decisionLog := fs.Bool("decision-log", true, "publish every decision to the decision log")
 	defaultPolicy := fs.String("default-policy", "", "policy directory served until a revision is pushed")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	svidDirFlag := fs.String("svid-dir", "", "directory with this engine's X.509-SVID (svid.pem, svid-key.pem, bundle.pem; see zfaas identity issue-policyd), reread when the files change")
+	spiffeSocket := fs.String("spiffe-socket", getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address (unix:///path) to get this engine's X.509-SVID from (env SPIFFE_ENDPOINT_SOCKET)")
+	plaintext := fs.Bool("insecure-plaintext", false, "development only: serve without TLS and without authenticating callers")
 	if _, err := parseN(fs, args, 0); err != nil {
 		return err
 	}
@@ -44,7 +51,44 @@ func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr i
 		fmt.Fprintln(stderr, "zfaas policyd: give exactly one of --nats or --data-dir")
 		return errUsage
 	}
+	n := 0
+	for _, set := range []bool{*svidDirFlag != "", *spiffeSocket != "", *plaintext} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		fmt.Fprintln(stderr, "zfaas policyd: give exactly one of --svid-dir, --spiffe-socket (or SPIFFE_ENDPOINT_SOCKET) or --insecure-plaintext: policyd serves over mutual TLS with its own SVID")
+		return errUsage
+	}
 	log := newLogger(stderr, *logLevel)
+	var creds grpc.ServerOption
+	switch {
+	case *plaintext:
+		log.Warn("development: policyd serves without TLS and without authenticating callers (--insecure-plaintext); anyone who reaches the listener can ask for decisions")
+	case *svidDirFlag != "":
+		d, err := openSVIDDir(*svidDirFlag)
+		if err != nil {
+			return fmt.Errorf("--svid-dir: %w", err)
+		}
+		s, _ := d.GetX509SVID()
+		creds = grpc.Creds(grpccredentials.MTLSServerCredentials(d, d, tlsconfig.AuthorizeMemberOf(s.ID.TrustDomain())))
+		log.Info("policyd identity from files", "spiffe_id", s.ID.String(), "dir", *svidDirFlag)
+	default:
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		src, err := workloadapi.NewX509Source(sctx, workloadapi.WithClientOptions(workloadapi.WithAddr(*spiffeSocket)))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("workload api %s: %w", *spiffeSocket, err)
+		}
+		defer src.Close()
+		s, err := src.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("workload api: %w", err)
+		}
+		creds = grpc.Creds(grpccredentials.MTLSServerCredentials(src, src, tlsconfig.AuthorizeMemberOf(s.ID.TrustDomain())))
+		log.Info("policyd identity from the workload api", "spiffe_id", s.ID.String())
+	}
 
 	cfg := policyd.Config{
 		Node:        *node,
@@ -66,10 +110,8 @@ func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr i
 		}
 		cfg.Default = os.DirFS(*defaultPolicy)
 	}
-	if host, _, err := net.SplitHostPort(*listen); err != nil {
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
 		return fmt.Errorf("--listen %q: %w", *listen, err)
-	} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		log.Warn("policyd listens beyond loopback without TLS or caller authentication: anyone who reaches it can ask for decisions", "listen", *listen)
 	}
 
 	sc := store.Config{URL: *natsURL, Replicas: *replicas, Logger: log}
@@ -97,7 +139,11 @@ func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr i
 		}
 	}()
 
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(8 << 20))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20)}
+	if creds != nil {
+		opts = append(opts, creds)
+	}
+	srv := grpc.NewServer(opts...)
 	extauthz.New(eng, log).Register(srv)
 	decisionapi.New(eng, log).Register(srv)
 	ln, err := net.Listen("tcp", *listen)

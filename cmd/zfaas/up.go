@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,12 +19,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway"
-	"github.com/zfaas/zfaas/policies"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/policyd/extauthz"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
@@ -37,9 +41,9 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	fs := newFlagSet("zfaas up", "zfaas up [--config FILE] [flags]", stderr)
 	configPath := fs.String("config", getenv("ZFAAS_CONFIG"), "YAML configuration file (env ZFAAS_CONFIG)")
 	dataDir := fs.String("data-dir", "", "data directory (default "+cfg.DataDir+")")
-	listen := fs.String("listen", "", "gateway HTTP address (default "+cfg.Gateway.Listen+")")
-	grpcListen := fs.String("grpc-listen", "", "gateway gRPC address, or \"off\" (default "+cfg.Gateway.GRPCListen+")")
-	tlsListen := fs.String("tls-listen", "", "gateway mutual-TLS (SPIFFE) address, or \"off\" (default "+cfg.Gateway.TLSListen+")")
+	listen := fs.String("listen", "", "gateway HTTPS (mutual TLS) address (default "+cfg.Gateway.Listen+")")
+	grpcListen := fs.String("grpc-listen", "", "gateway gRPC (mutual TLS) address, or \"off\" (default "+cfg.Gateway.GRPCListen+")")
+	healthListen := fs.String("health-listen", "", "plain HTTP address for /healthz and /metrics only, or \"off\" (default "+cfg.Gateway.HealthListen+")")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
 	examples := fs.String("deploy-examples", "", "deploy every function directory (with a zfaas.yaml) under DIR once the platform is up")
 	clientCfg := fs.String("client-config", "", "where to write the CLI's config (default the user config dir; \"-\" to skip)")
@@ -56,15 +60,14 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 			*dst = v
 		}
 	}
-	if *grpcListen == "off" {
-		cfg.Gateway.GRPCListen = ""
-	}
-	switch *tlsListen {
-	case "":
-	case "off":
-		cfg.Gateway.TLSListen = ""
-	default:
-		cfg.Gateway.TLSListen = *tlsListen
+	for dst, v := range map[*string]string{&cfg.Gateway.GRPCListen: *grpcListen, &cfg.Gateway.HealthListen: *healthListen} {
+		switch v {
+		case "":
+		case "off":
+			*dst = ""
+		default:
+			*dst = v
+		}
 	}
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -74,56 +77,54 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	gwURL := "http://" + p.httpAddr
+	gwURL := "https://" + p.httpAddr
 	var refreshSVID task
 	if *clientCfg != "-" {
-		cc := clientConfig{Gateway: gwURL}
 		path := *clientCfg
 		if path == "" {
 			path, err = clientConfigPath(getenv)
 		}
-		if err == nil && p.tlsAddr != "" {
+		if err == nil {
 			// The local administrator's X.509-SVID for the CLI, refreshed
 			// well before it expires.
 			dir := filepath.Dir(path)
-			cc.GatewayMTLS, cc.GatewayID = "https://"+p.tlsAddr, gatewayID
-			cc.Cert, cc.Key, cc.Bundle = filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid-key.pem"), filepath.Join(dir, "bundle.pem")
+			cc := clientConfig{
+				Gateway: gwURL, GatewayID: p.gatewayID,
+				Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "svid-key.pem"), Bundle: filepath.Join(dir, "bundle.pem"),
+			}
 			refreshSVID = func(ctx context.Context) error {
 				for {
-					if err := writeAdminSVID(ctx, p, cc); err != nil {
-						log.Warn("could not write the CLI's SVID", "err", err)
-					}
 					select {
 					case <-ctx.Done():
 						return nil
-					case <-time.After(20 * time.Minute):
+					case <-time.After(adminSVIDRefresh(cfg.Identity.X509SVIDTTL)):
+					}
+					if err := writeAdminSVID(ctx, p, cc); err != nil {
+						log.Warn("could not write the CLI's SVID", "err", err)
 					}
 				}
 			}
-			if err := os.MkdirAll(dir, 0o700); err == nil {
-				if err := writeAdminSVID(ctx, p, cc); err != nil {
-					log.Warn("could not write the CLI's SVID", "err", err)
-					cc.GatewayMTLS, cc.Cert = "", ""
+			if err = os.MkdirAll(dir, 0o700); err == nil {
+				if err = writeAdminSVID(ctx, p, cc); err == nil {
+					path, err = writeClientConfig(path, getenv, cc)
 				}
 			}
 		}
-		if err == nil {
-			path, err = writeClientConfig(path, getenv, cc)
-		}
 		if err != nil {
-			log.Warn("could not write the CLI config", "err", err)
+			log.Warn("could not write the CLI config and the local administrator's SVID", "err", err)
+			refreshSVID = nil
 		} else {
-			log.Info("wrote CLI config", "path", path, "mtls", cc.GatewayMTLS != "")
+			log.Info("wrote CLI config and the local administrator's X.509-SVID", "path", path, "spiffe_id", p.adminID)
 		}
 	}
-	fmt.Fprintf(stdout, "zfaas is up: gateway %s, mTLS %s, gRPC %s, data in %s\n", gwURL, p.tlsAddr, p.grpcAddr, cfg.DataDir)
+	fmt.Fprintf(stdout, "zfaas is up: gateway %s (mTLS), gRPC %s (mTLS), health %s, trust domain %s, data in %s\n", gwURL, p.grpcAddr, p.healthAddr, p.td, cfg.DataDir)
 	tasks := []task{p.run}
 	if refreshSVID != nil {
 		tasks = append(tasks, refreshSVID)
 	}
 	if *examples != "" {
 		tasks = append(tasks, func(ctx context.Context) error {
-			if err := deployExamples(ctx, gwURL, *examples, stdout); err != nil {
+			if err := deployExamples(ctx, gwURL, p.adminClient, *examples, stdout); err != nil {
 				return fmt.Errorf("deploy examples: %w", err)
 			}
 			<-ctx.Done()
@@ -158,17 +159,25 @@ type platform struct {
 	worker   *worker.Worker
 	identity *svid.Provider
 	gateway  *gateway.Gateway
-	httpLn   net.Listener
-	grpcLn   net.Listener
+	httpLn   net.Listener // mutual-TLS HTTP API
+	grpcLn   net.Listener // mutual-TLS gRPC
+	healthLn net.Listener // plain /healthz and /metrics
 	httpSrv  *http.Server
-	tlsSrv   *http.Server
-	tlsLn    net.Listener
-	tlsAddr  string
+	health   *http.Server
 	grpcSrv  *grpc.Server
 	httpAddr string
 	grpcAddr string
-	cancel   context.CancelFunc
-	once     sync.Once
+	// healthAddr is "" when the health listener is off.
+	healthAddr string
+	td         spiffeid.TrustDomain
+	// gatewayID is the gateway's SPIFFE ID, the audience of the JWT-SVIDs
+	// it accepts; adminID is the local administrator's.
+	gatewayID, adminID string
+	// adminClient is an HTTP client with the local administrator's
+	// (rotating) X.509-SVID, for deploying the examples.
+	adminClient *http.Client
+	cancel      context.CancelFunc
+	once        sync.Once
 }
 
 // startPlatform builds every component in order and opens the listeners;
@@ -180,8 +189,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	td, err := spiffeid.TrustDomainFromString(cfg.Identity.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("identity.trust_domain: %w", err)
+	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p := &platform{cfg: cfg, log: log, cancel: cancel}
+	p := &platform{cfg: cfg, log: log, cancel: cancel, td: td,
+		gatewayID: "spiffe://" + td.Name() + "/gateway/local", adminID: "spiffe://" + td.Name() + "/user/admin"}
 	defer func() {
 		if err != nil {
 			closeCtx, c := context.WithTimeout(context.Background(), 10*time.Second)
@@ -204,11 +218,15 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 			return nil, fmt.Errorf("policy.verify_key_file: %w", err)
 		}
 	}
+	shipped, err := defaultPolicy(td.Name())
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
 	p.policy, err = policyd.New(bg, policyd.Config{
 		Store:       p.store,
 		Node:        "local",
 		Logger:      log,
-		Default:     policies.FS,
+		Default:     shipped,
 		DecisionLog: cfg.Policy.DecisionLog,
 		VerifyKey:   verifyKey,
 		KeyID:       cfg.Policy.KeyID,
@@ -216,8 +234,6 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	log.Warn("development: callers on loopback act as the local administrator until mTLS identities are configured (function instances excepted); the policy allows it only while data.zfaas.config.development.local_admin is true",
-		"admin", localAdminID)
 	log.Warn("sandbox driver \"process\": instances are isolated by namespaces, cgroups and seccomp, not by a virtual machine (development isolation)")
 	driver, err := process.New(process.Config{
 		StateDir: filepath.Join(cfg.DataDir, "sandbox"),
@@ -232,25 +248,29 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// The gateway and the worker need each other (invoker; log sink and
 	// observer), so the worker is bound through a small late-bound shim.
-	p.identity, err = svid.Start(ctx, filepath.Join(cfg.DataDir, "identity"), trustDomain, cfg.Worker.UID, cfg.Worker.GID, log)
+	p.identity, err = svid.Start(ctx, svid.Config{
+		Dir:         filepath.Join(cfg.DataDir, "identity"),
+		TrustDomain: td.Name(),
+		UID:         cfg.Worker.UID,
+		GID:         cfg.Worker.GID,
+		X509TTL:     cfg.Identity.X509SVIDTTL,
+		JWTTTL:      cfg.Identity.JWTSVIDTTL,
+		CATTL:       cfg.Identity.CATTL,
+		Logger:      log,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	shim := &lateInvoker{}
-	local := &localAuth{admin: gateway.LocalAdmin{ID: localAdminID}, peers: shim, log: log}
-	// Callers with a JWT-SVID for the gateway's audience are who their token
-	// says (functions get theirs from the Workload API); the rest fall back
-	// to the development shortcut.
-	bearer := gateway.BearerJWT{Verifier: p.identity, Audience: gatewayID, Next: local, NextContext: local}
-	// Over mutual TLS the caller is its X.509-SVID or its JWT-SVID, never
-	// the development shortcut.
-	auth := gateway.TLSPeer{Bearer: gateway.BearerJWT{Verifier: p.identity, Audience: gatewayID}, Plain: bearer}
+	// Every caller is its X.509-SVID (mutual TLS) or a JWT-SVID bearer
+	// token for the gateway's audience; there is no plaintext API.
+	auth := gateway.TLSPeer{Bearer: gateway.BearerJWT{Verifier: p.identity, Audience: p.gatewayID}}
 	p.gateway, err = gateway.New(bg, gateway.Config{
 		Store:                 p.store,
 		Invoker:               shim,
 		Authorizer:            engineAuthorizer{p.policy},
 		Authenticator:         auth,
-		GRPCAuthenticator:     bearer,
+		GRPCAuthenticator:     auth,
 		Policy:                enginePolicyAdmin{e: p.policy, now: time.Now},
 		Bundle:                p.identity,
 		Users:                 p.identity,
@@ -270,19 +290,29 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o700); err != nil {
 		return nil, err
 	}
-	// The listener opens before the worker so functions can be told the
-	// gateway's real address (the configured port may be 0).
+	// The listeners open before the worker so functions can be told the
+	// gateway's real addresses (the configured ports may be 0).
 	p.httpLn, err = net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("gateway listen: %w", err)
 	}
 	p.httpAddr = p.httpLn.Addr().String()
-	if cfg.Gateway.TLSListen != "" {
-		p.tlsLn, err = net.Listen("tcp", cfg.Gateway.TLSListen)
+	if cfg.Gateway.GRPCListen != "" {
+		p.grpcLn, err = net.Listen("tcp", cfg.Gateway.GRPCListen)
 		if err != nil {
-			return nil, fmt.Errorf("gateway tls listen: %w", err)
+			return nil, fmt.Errorf("gateway grpc listen: %w", err)
 		}
-		p.tlsAddr = p.tlsLn.Addr().String()
+		p.grpcAddr = p.grpcLn.Addr().String()
+	}
+	if cfg.Gateway.HealthListen != "" {
+		p.healthLn, err = net.Listen("tcp", cfg.Gateway.HealthListen)
+		if err != nil {
+			return nil, fmt.Errorf("gateway health listen: %w", err)
+		}
+		p.healthAddr = p.healthLn.Addr().String()
+		if tcp, ok := p.healthLn.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+			log.Warn("the plain health listener is reachable beyond loopback: /metrics shows function names and counts to anyone who reaches it", "health_listen", p.healthAddr)
+		}
 	}
 	p.worker, err = worker.New(worker.Config{
 		DataDir:          filepath.Join(cfg.DataDir, "worker"),
@@ -296,45 +326,58 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Observer:         p.gateway.Observer(),
 		Logger:           log,
 		Identity:         p.identity,
-		Env:              gatewayEnv(p.httpAddr, p.tlsAddr),
+		Env:              p.gatewayEnv(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	shim.w = p.worker
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/", p.gateway)
+	serverTLS := mtls.ServerConfig(p.identity.ServerSVIDSource(p.gatewayID, gatewayHosts(cfg.Gateway)...), p.identity)
 	p.httpSrv = &http.Server{
-		Handler:           mux,
-		ConnContext:       connContext,
+		Handler:           p.gateway,
+		TLSConfig:         serverTLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if p.tlsLn != nil {
-		p.tlsSrv = &http.Server{
+	if p.healthLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"status":"ok"}`+"\n")
+		})
+		mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			gateway.WriteError(w, http.StatusNotFound, gateway.CodeNotFound,
+				"this listener serves only /healthz and /metrics; the API is on "+"https://"+p.httpAddr+" (mutual TLS)")
+		}))
+		p.health = &http.Server{
 			Handler:           mux,
-			TLSConfig:         mtls.ServerConfig(p.identity.SVIDSource(gatewayID), p.identity),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       120 * time.Second,
-			MaxHeaderBytes:    64 << 10,
+			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
 	}
-	if cfg.Gateway.GRPCListen != "" {
-		p.grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()), grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
+	if p.grpcLn != nil {
+		p.grpcSrv = grpc.NewServer(
+			grpc.Creds(credentials.NewTLS(serverTLS)),
+			grpc.ChainUnaryInterceptor(requireCaller(auth, log)),
+			grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()),
+			grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
 		p.gateway.RegisterGRPC(p.grpcSrv)
 		// Envoy's external authorization, so a mesh can ask the same policy.
 		extauthz.New(p.policy, log).Register(p.grpcSrv)
-		p.grpcLn, err = net.Listen("tcp", cfg.Gateway.GRPCListen)
-		if err != nil {
-			return nil, fmt.Errorf("gateway grpc listen: %w", err)
-		}
-		p.grpcAddr = p.grpcLn.Addr().String()
 	}
-	log.Info("platform ready", "gateway", p.httpAddr, "gateway_mtls", p.tlsAddr, "grpc", p.grpcAddr, "data_dir", cfg.DataDir)
+	p.adminClient = &http.Client{
+		Timeout: 5 * time.Minute,
+		Transport: &http.Transport{
+			TLSClientConfig:   mtls.ClientConfig(p.identity.SVIDSource(p.adminID), p.identity, spiffeid.RequireFromString(p.gatewayID)),
+			ForceAttemptHTTP2: true,
+		},
+	}
+	log.Info("platform ready", "gateway", "https://"+p.httpAddr, "grpc", p.grpcAddr, "health", p.healthAddr, "trust_domain", td.Name(), "data_dir", cfg.DataDir)
 	return p, nil
 }
 
@@ -342,23 +385,18 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 func (p *platform) run(ctx context.Context) error {
 	tasks := []task{
 		func(ctx context.Context) error {
-			go func() { <-ctx.Done(); p.shutdownHTTP() }()
-			if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("gateway http: %w", err)
+			go func() { <-ctx.Done(); shutdown(p.httpSrv) }()
+			if err := p.httpSrv.ServeTLS(p.httpLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("gateway https: %w", err)
 			}
 			return ctx.Err()
 		},
 	}
-	if p.tlsSrv != nil {
+	if p.health != nil {
 		tasks = append(tasks, func(ctx context.Context) error {
-			go func() {
-				<-ctx.Done()
-				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				_ = p.tlsSrv.Shutdown(sctx)
-			}()
-			if err := p.tlsSrv.ServeTLS(p.tlsLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("gateway mtls: %w", err)
+			go func() { <-ctx.Done(); shutdown(p.health) }()
+			if err := p.health.Serve(p.healthLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("gateway health: %w", err)
 			}
 			return ctx.Err()
 		})
@@ -375,20 +413,20 @@ func (p *platform) run(ctx context.Context) error {
 	return runTasks(ctx, tasks...)
 }
 
-func (p *platform) shutdownHTTP() {
+func shutdown(s *http.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = p.httpSrv.Shutdown(ctx)
+	_ = s.Shutdown(ctx)
 }
 
 // close stops accepting, drains, stops instances and the store.
 func (p *platform) close(ctx context.Context) error {
 	var errs []error
 	p.once.Do(func() {
-		if p.tlsSrv != nil {
-			_ = p.tlsSrv.Shutdown(ctx)
-		} else if p.tlsLn != nil {
-			p.tlsLn.Close()
+		if p.health != nil {
+			_ = p.health.Shutdown(ctx)
+		} else if p.healthLn != nil {
+			p.healthLn.Close()
 		}
 		if p.httpSrv != nil {
 			_ = p.httpSrv.Shutdown(ctx)
@@ -417,22 +455,8 @@ func (p *platform) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// trustDomain is the SPIFFE trust domain of an all-in-one platform.
-const trustDomain = "zfaas.local"
-
-// gatewayID is the gateway's SPIFFE ID, the audience of the JWT-SVIDs it
-// accepts.
-const gatewayID = "spiffe://" + trustDomain + "/gateway/local"
-
-// localAdminID is the SPIFFE ID local callers act as in development.
-const localAdminID = "spiffe://zfaas.local/user/admin"
-
 // lateInvoker forwards to the worker once it is built.
 type lateInvoker struct{ w *worker.Worker }
-
-func (l *lateInvoker) IsInstancePeer(local, remote net.Addr) bool {
-	return l.w != nil && l.w.IsInstancePeer(local, remote)
-}
 
 func (l *lateInvoker) Invoke(ctx context.Context, inv api.Invocation) (*api.InvocationResult, error) {
 	return l.w.Invoke(ctx, inv)
@@ -467,21 +491,59 @@ func runTasks(ctx context.Context, tasks ...task) error {
 	return err
 }
 
-// gatewayEnv tells functions where the gateway is (plain and mutual-TLS)
-// and which SPIFFE ID it has: the audience their JWT-SVIDs must name, and
-// the ID their mTLS clients must expect.
-func gatewayEnv(listen, tlsListen string) []string {
-	env := []string{"ZFAAS_GATEWAY=http://" + listen, "ZFAAS_GATEWAY_AUDIENCE=" + gatewayID, "ZFAAS_GATEWAY_ID=" + gatewayID}
-	if tlsListen != "" {
-		env = append(env, "ZFAAS_GATEWAY_MTLS=https://"+tlsListen)
+// gatewayEnv tells functions where the gateway is and which SPIFFE ID it
+// has: the ID their mTLS clients must expect and the audience their
+// JWT-SVIDs must name.
+func (p *platform) gatewayEnv() []string {
+	env := []string{"ZFAAS_GATEWAY=https://" + p.httpAddr, "ZFAAS_GATEWAY_ID=" + p.gatewayID, "ZFAAS_GATEWAY_AUDIENCE=" + p.gatewayID}
+	if p.grpcAddr != "" {
+		env = append(env, "ZFAAS_GATEWAY_GRPC="+p.grpcAddr)
 	}
 	return env
+}
+
+// gatewayHosts are the host SANs of the gateway's SVID: loopback, the
+// specific hosts it listens on, and gateway.server_names.
+func gatewayHosts(g gatewayConfig) []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	for _, addr := range []string{g.Listen, g.GRPCListen} {
+		if h, _, err := net.SplitHostPort(addr); err == nil && h != "" {
+			if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	hosts = append(hosts, g.ServerNames...)
+	slices.Sort(hosts)
+	return slices.Compact(hosts)
+}
+
+// adminSVIDRefresh is how often `zfaas up` rewrites the CLI's SVID files:
+// at a third of the SVID lifetime, so a CLI reading them always finds one
+// with at least half its life left.
+func adminSVIDRefresh(ttl time.Duration) time.Duration { return ttl / 3 }
+
+// requireCaller refuses gRPC calls whose caller cannot be authenticated
+// (no client X.509-SVID and no valid JWT-SVID bearer token) before any
+// service sees them.
+func requireCaller(auth gateway.ContextAuthenticator, log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		// zfaas.v1.Functions authenticates (and authorizes) each call itself.
+		if strings.HasPrefix(info.FullMethod, "/zfaas.v1.Functions/") {
+			return h(ctx, req)
+		}
+		if _, err := auth.AuthenticateContext(ctx); err != nil {
+			log.Debug("grpc call refused", "method", info.FullMethod, "err", err)
+			return nil, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return h(ctx, req)
+	}
 }
 
 // writeAdminSVID mints the local administrator's X.509-SVID and writes it,
 // its key (0600) and the trust bundle where the CLI config points.
 func writeAdminSVID(ctx context.Context, p *platform, cc clientConfig) error {
-	svid, err := p.identity.MintX509(ctx, localAdminID)
+	svid, err := p.identity.MintX509(ctx, p.adminID)
 	if err != nil {
 		return err
 	}

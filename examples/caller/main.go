@@ -95,7 +95,7 @@ func main() {
 	}
 	c := &caller{
 		src:     src,
-		gateway: os.Getenv("ZFAAS_GATEWAY_MTLS"),
+		gateway: os.Getenv("ZFAAS_GATEWAY"),
 		hc: &http.Client{
 			Timeout:   30 * time.Second,
 			Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(gatewayID))},

@@ -306,7 +306,12 @@ func (c *Client) TrustBundle(ctx context.Context, format string) ([]byte, error)
 // IssueUser asks the gateway to sign an X.509-SVID for user name over the
 // key of csrPEM (a PEM CERTIFICATE REQUEST); it returns the chain as PEM.
 func (c *Client) IssueUser(ctx context.Context, name string, csrPEM []byte) ([]byte, error) {
+	return c.IssueSVID(ctx, "users", name, csrPEM)
+}
+
+// IssueSVID is IssueUser for a kind of identity: "users" or "policyd".
+func (c *Client) IssueSVID(ctx context.Context, kind, name string, csrPEM []byte) ([]byte, error) {
 	var b []byte
-	err := c.do(ctx, http.MethodPost, "/v1/identity/users/"+url.PathEscape(name), nil, bytes.NewReader(csrPEM), "application/pkcs10", &b)
+	err := c.do(ctx, http.MethodPost, "/v1/identity/"+url.PathEscape(kind)+"/"+url.PathEscape(name), nil, bytes.NewReader(csrPEM), "application/pkcs10", &b)
 	return b, err
 }

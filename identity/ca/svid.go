@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -22,6 +23,11 @@ type X509Params struct {
 	PublicKey crypto.PublicKey
 	// TTL is the lifetime; zero means Config.X509TTL. At most CATTL/6.
 	TTL time.Duration
+	// DNSNames and IPAddresses are extra SANs for a server SVID, so that
+	// clients verifying by host name (curl, browsers) can check it too. The
+	// SPIFFE ID stays the one URI SAN.
+	DNSNames    []string
+	IPAddresses []net.IP
 }
 
 // X509SVID is a signed X509-SVID without its private key.
@@ -59,6 +65,8 @@ func (c *CA) MintX509SVID(_ context.Context, p X509Params) (*X509SVID, error) {
 		SerialNumber:          serial,
 		Subject:               pkix.Name{Organization: []string{"zfaas"}, SerialNumber: serial.Text(16)},
 		URIs:                  []*url.URL{p.ID.URL()},
+		DNSNames:              p.DNSNames,
+		IPAddresses:           p.IPAddresses,
 		NotBefore:             nb,
 		NotAfter:              na,
 		KeyUsage:              x509.KeyUsageDigitalSignature,

@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -46,10 +47,27 @@ type Provider struct {
 
 var _ worker.Identity = (*Provider)(nil)
 
-// Start creates (or reloads) the CA under dir/ca and starts the Workload
-// API server; endpoints go under dir/ep. trustDomain is e.g. "zfaas.local";
-// uid and gid own the per-instance sockets.
-func Start(ctx context.Context, dir, trustDomain string, uid, gid int, log *slog.Logger) (*Provider, error) {
+// Config configures a Provider.
+type Config struct {
+	// Dir holds the CA (Dir/ca) and the per-instance endpoints (Dir/ep).
+	Dir string
+	// TrustDomain is e.g. "zfaas.local".
+	TrustDomain string
+	// UID and GID own the per-instance sockets.
+	UID, GID int
+	// X509TTL, JWTTTL and CATTL are the CA's lifetimes; zero means the
+	// defaults of identity/ca (1h, 5m, 24h).
+	X509TTL, JWTTTL, CATTL time.Duration
+	Logger                 *slog.Logger
+}
+
+// Start creates (or reloads) the CA under cfg.Dir/ca and starts the
+// Workload API server; endpoints go under cfg.Dir/ep.
+func Start(ctx context.Context, cfg Config) (*Provider, error) {
+	dir, trustDomain, uid, gid, log := cfg.Dir, cfg.TrustDomain, cfg.UID, cfg.GID, cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
 		return nil, err
@@ -69,7 +87,10 @@ func Start(ctx context.Context, dir, trustDomain string, uid, gid int, log *slog
 	if err := os.Mkdir(epDir, 0o700); err != nil {
 		return nil, err
 	}
-	authority, err := ca.New(ctx, ca.Config{TrustDomain: td, Dir: filepath.Join(dir, "ca"), Logger: log})
+	authority, err := ca.New(ctx, ca.Config{
+		TrustDomain: td, Dir: filepath.Join(dir, "ca"), Logger: log,
+		X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, CATTL: cfg.CATTL,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +230,11 @@ func (i *Provider) TrustBundle() (jwks, pemCerts []byte, err error) {
 // MintX509 issues an X.509-SVID for id with a new P-256 key, e.g. for a
 // platform component or a user.
 func (i *Provider) MintX509(ctx context.Context, id string) (*x509svid.SVID, error) {
+	return i.mintX509(ctx, id, nil)
+}
+
+// mintX509 is MintX509 with extra host SANs (IP addresses or DNS names).
+func (i *Provider) mintX509(ctx context.Context, id string, hosts []string) (*x509svid.SVID, error) {
 	sid, err := spiffeid.FromString(id)
 	if err != nil {
 		return nil, err
@@ -217,7 +243,15 @@ func (i *Provider) MintX509(ctx context.Context, id string) (*x509svid.SVID, err
 	if err != nil {
 		return nil, err
 	}
-	s, err := i.ca.MintX509SVID(ctx, ca.X509Params{ID: sid, PublicKey: key.Public()})
+	p := ca.X509Params{ID: sid, PublicKey: key.Public()}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			p.IPAddresses = append(p.IPAddresses, ip)
+		} else if h != "" {
+			p.DNSNames = append(p.DNSNames, h)
+		}
+	}
+	s, err := i.ca.MintX509SVID(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -239,9 +273,17 @@ func (i *Provider) SVIDSource(id string) x509svid.Source {
 	return &rotatingSVID{p: i, id: id}
 }
 
+// ServerSVIDSource is SVIDSource for a server whose SVID also names hosts
+// (DNS names or IP addresses), so that clients checking host names can
+// verify it against the trust bundle.
+func (i *Provider) ServerSVIDSource(id string, hosts ...string) x509svid.Source {
+	return &rotatingSVID{p: i, id: id, hosts: hosts}
+}
+
 type rotatingSVID struct {
-	p    *Provider
-	id   string
+	p     *Provider
+	id    string
+	hosts []string
 	mu   sync.Mutex
 	svid *x509svid.SVID
 }
@@ -256,7 +298,7 @@ func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
 			return r.svid, nil
 		}
 	}
-	s, err := r.p.MintX509(context.Background(), r.id)
+	s, err := r.p.mintX509(context.Background(), r.id, r.hosts)
 	if err != nil {
 		return nil, err
 	}
@@ -264,12 +306,23 @@ func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
 	return s, nil
 }
 
-// IssueUser signs an X.509-SVID for spiffe://TD/user/NAME over the public
-// key of a PKCS#10 certificate request, after checking the request's
-// signature (the requester holds the key, which never leaves it). It
-// returns the certificate chain, leaf first.
-func (i *Provider) IssueUser(ctx context.Context, name string, csrDER []byte) ([]*x509.Certificate, error) {
-	id, err := identity.UserID(i.td, name)
+// IssueSVID signs an X.509-SVID for spiffe://TD/user/NAME (kind "user")
+// or spiffe://TD/policyd/NAME (kind "policyd") over the public key of a
+// PKCS#10 certificate request, after checking the request's signature (the
+// requester holds the key, which never leaves it). It returns the
+// certificate chain, leaf first. Workers and gateways get their SVIDs by
+// attestation, never this way.
+func (i *Provider) IssueSVID(ctx context.Context, kind, name string, csrDER []byte) ([]*x509.Certificate, error) {
+	var id spiffeid.ID
+	var err error
+	switch kind {
+	case "user":
+		id, err = identity.UserID(i.td, name)
+	case "policyd":
+		id, err = identity.PolicydID(i.td, name)
+	default:
+		err = fmt.Errorf("identity kind %q cannot be issued on request", kind)
+	}
 	if err != nil {
 		return nil, err
 	}

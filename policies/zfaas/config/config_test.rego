@@ -27,7 +27,6 @@ test_data_is_valid if {
 test_defaults_as_documented if {
 	data.zfaas.config == {
 		"trust_domain": "zfaas.local",
-		"development": {"local_admin": true},
 		"admins": ["spiffe://zfaas.local/user/admin"],
 		"grants": {},
 		"deploy": {
@@ -94,12 +93,11 @@ _report(failures) if {
 	print("failing:", failures)
 }
 
-# The development shortcut: "local" authenticates only while
-# development.local_admin is true.
-test_local_admin_is_a_development_switch if {
-	local := {"spiffe_id": "spiffe://zfaas.local/user/admin", "authenticated": true, "auth_method": "local", "kind": "user"}
+# Only verified credentials authenticate: an auth method the gateway never
+# sets (such as the removed "local" development shortcut) does not.
+test_unknown_auth_method_does_not_authenticate if {
+	admin := {"spiffe_id": "spiffe://zfaas.local/user/admin", "authenticated": true, "kind": "user"}
 	fn := {"tenant": "acme", "name": "hello"}
-	invoke.decision.allow with input as {"caller": local, "function": fn, "action": "invoke"}
-	not invoke.decision.allow with input as {"caller": local, "function": fn, "action": "invoke"}
-		with data.zfaas.config.development.local_admin as false
+	invoke.decision.allow with input as {"caller": object.union(admin, {"auth_method": "x509"}), "function": fn, "action": "invoke"}
+	not invoke.decision.allow with input as {"caller": object.union(admin, {"auth_method": "local"}), "function": fn, "action": "invoke"}
 }

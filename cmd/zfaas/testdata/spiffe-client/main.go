@@ -3,7 +3,9 @@
 // SPIFFE_ENDPOINT_SOCKET). With an empty event it replies
 // "X509 ID|JWT ID|entries of /run/spiffe|instance id". With
 // {"call": "NAME"} it invokes function NAME through the gateway
-// ($ZFAAS_GATEWAY) with its own JWT-SVID for $ZFAAS_GATEWAY_AUDIENCE (or
+// ($ZFAAS_GATEWAY, over TLS that verifies the gateway's SPIFFE ID
+// $ZFAAS_GATEWAY_ID against the bundle from the Workload API, without a
+// client certificate) with its own JWT-SVID for $ZFAAS_GATEWAY_AUDIENCE (or
 // "audience" from the event; "token": "none" sends no token) and replies
 // "STATUS|BODY". It is separate from the fixture so the fixture stays small
 // enough for the package-limit tests.
@@ -20,6 +22,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
@@ -73,7 +77,17 @@ func call(ctx context.Context, ev event) (string, error) {
 		}
 		req.Header.Set("Authorization", "Bearer "+svid.Marshal())
 	}
-	resp, err := http.DefaultClient.Do(req)
+	gw, err := spiffeid.FromString(os.Getenv("ZFAAS_GATEWAY_ID"))
+	if err != nil {
+		return "", err
+	}
+	bundles, err := workloadapi.NewBundleSource(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer bundles.Close()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(gw))}}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -11,15 +11,9 @@ package zfaas.lib.caller
 
 import data.zfaas.lib.spiffe
 
-# Authentication methods that prove a SPIFFE ID. "local" is the all-in-one
-# development shortcut (every loopback caller that is not a function
-# instance acts as the local administrator until mTLS identities exist); it
-# counts only while data.zfaas.config.development.local_admin is true.
-auth_methods := {"x509", "jwt"} | _development_methods
-
-_development_methods := {"local"} if {
-	data.zfaas.config.development.local_admin == true
-} else := set()
+# Authentication methods that prove a SPIFFE ID: a verified X.509-SVID
+# (mutual TLS) or JWT-SVID (bearer token).
+auth_methods := {"x509", "jwt"}
 
 # Kinds a caller may have in input.caller.kind ("other": a valid ID outside
 # the zfaas layout).

@@ -70,6 +70,12 @@ type Spec struct {
 	Limits Limits
 	// Stdout and Stderr receive the instance's output. They may be nil.
 	Stdout, Stderr io.Writer
+	// BeforeStart, when set, is called with the instance's cgroup v2
+	// directory once it exists and before any process of the instance runs
+	// (for example to install the instance's egress rules, which are keyed
+	// by that cgroup). An error aborts the start; nothing of the instance
+	// remains.
+	BeforeStart func(ctx context.Context, cgroupV2Path string) error
 }
 
 // Mount is a read-only bind mount into the sandbox.

@@ -284,8 +284,8 @@ type rotatingSVID struct {
 	p     *Provider
 	id    string
 	hosts []string
-	mu   sync.Mutex
-	svid *x509svid.SVID
+	mu    sync.Mutex
+	svid  *x509svid.SVID
 }
 
 func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {

@@ -33,8 +33,13 @@ type fakeDriver struct {
 	ln   net.Listener
 }
 
-func (d *fakeDriver) Start(_ context.Context, spec sandbox.Spec) (sandbox.Instance, error) {
+func (d *fakeDriver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance, error) {
 	d.spec = spec
+	if spec.BeforeStart != nil {
+		if err := spec.BeforeStart(ctx, "/sys/fs/cgroup/zfaas/"+spec.ID); err != nil {
+			return nil, err
+		}
+	}
 	if d.fail != nil {
 		return nil, d.fail
 	}
@@ -148,5 +153,60 @@ func TestIdentityEndpointClosedWhenStartFails(t *testing.T) {
 	}
 	if got := <-id.cgroup; !strings.HasPrefix(got, "error: ") {
 		t.Fatalf("cgroup of a failed instance: %q, want an error", got)
+	}
+}
+
+type fakeEgress struct {
+	fail     error
+	spec     EgressSpec
+	detached int
+}
+
+func (f *fakeEgress) Attach(_ context.Context, spec EgressSpec) (func(), error) {
+	f.spec = spec
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return func() { f.detached++ }, nil
+}
+
+// TestEgressAttach: the rules are attached to the instance's cgroup before
+// it runs and detached once when it stops, or when its start fails after
+// they were attached; a failing attach fails the start.
+func TestEgressAttach(t *testing.T) {
+	d := &fakeDriver{}
+	id := &fakeIdentity{dir: t.TempDir(), cgroup: make(chan string, 1)}
+	w, v := newIdentityTestWorker(t, d, id)
+	eg := &fakeEgress{}
+	w.cfg.Egress = eg
+	inst, err := w.start(context.Background(), v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ln.Close()
+	if eg.spec != (EgressSpec{InstanceID: inst.id, Tenant: "default", Function: "fn-a", CgroupDir: "/sys/fs/cgroup/zfaas/" + inst.id}) {
+		t.Fatalf("egress spec %+v", eg.spec)
+	}
+	if eg.detached != 0 {
+		t.Fatal("detached while the instance runs")
+	}
+	inst.Stop(context.Background())
+	inst.Stop(context.Background())
+	if eg.detached != 1 {
+		t.Fatalf("detached %d times after stop, want 1", eg.detached)
+	}
+
+	d.fail = errors.New("no sandbox")
+	eg.detached = 0
+	if _, err := w.start(context.Background(), v); err == nil {
+		t.Fatal("start succeeded")
+	}
+	if eg.detached != 1 {
+		t.Fatalf("detached %d times after a failed start, want 1", eg.detached)
+	}
+	d.fail = nil
+	eg.fail = errors.New("policy unavailable")
+	if _, err := w.start(context.Background(), v); err == nil || !strings.Contains(err.Error(), "egress") {
+		t.Fatalf("start with a failing attach: %v", err)
 	}
 }

@@ -225,6 +225,19 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	stderr := w.newLineWriter(inst, "stderr")
 	inst.logs = []*lineWriter{stdout, stderr}
 	mem := int64(v.Config.MemoryMB) << 20
+	detachEgress := func() {}
+	var beforeStart func(context.Context, string) error
+	if w.cfg.Egress != nil {
+		beforeStart = func(ctx context.Context, cg string) error {
+			detach, err := w.cfg.Egress.Attach(ctx, EgressSpec{InstanceID: inst.id, Tenant: v.Tenant, Function: v.Function, CgroupDir: cg})
+			if err != nil {
+				return fmt.Errorf("egress: %w", err)
+			}
+			var once sync.Once
+			detachEgress = func() { once.Do(detach) }
+			return nil
+		}
+	}
 	sb, err := w.cfg.Driver.Start(ctx, sandbox.Spec{
 		ID:      inst.id,
 		CodeDir: codeDir,
@@ -238,8 +251,9 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 			// with a floor of half a core so small functions start quickly.
 			CPUs: max(0.5, float64(v.Config.MemoryMB)/1769),
 		},
-		Stdout: stdout,
-		Stderr: stderr,
+		Stdout:      stdout,
+		Stderr:      stderr,
+		BeforeStart: beforeStart,
 	})
 	if err != nil {
 		close(cgroupKnown)
@@ -247,6 +261,7 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 			inst.rt.Close()
 		}
 		closeEndpoint()
+		detachEgress()
 		return nil, fmt.Errorf("start sandbox: %w", err)
 	}
 	inst.sb = sb
@@ -257,6 +272,7 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	inst.onStop = func() {
 		w.live.Delete(inst.id)
 		closeEndpoint()
+		detachEgress()
 	}
 	if err := inst.waitReady(ctx); err != nil {
 		stopCtx, c := context.WithTimeout(context.Background(), 5*time.Second)

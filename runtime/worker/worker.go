@@ -72,6 +72,25 @@ type EndpointSpec struct {
 	CgroupDir func() (string, error)
 }
 
+// Egress installs an instance's network egress rules (the kernel
+// enforcement of the zfaas.egress policy) before any of its processes runs,
+// and keeps them in step with policy revisions until the instance stops.
+type Egress interface {
+	// Attach enforces the rules of spec's function on the cgroup
+	// spec.CgroupDir. detach removes them and is called once when the
+	// instance stops (also when its start fails later).
+	Attach(ctx context.Context, spec EgressSpec) (detach func(), err error)
+}
+
+// EgressSpec describes the instance whose egress is enforced.
+type EgressSpec struct {
+	InstanceID string
+	Tenant     string
+	Function   string
+	// CgroupDir is the instance's cgroup v2 directory (absolute host path).
+	CgroupDir string
+}
+
 // Where the endpoint appears inside the sandbox.
 const (
 	EndpointMountDir = "/run/spiffe"
@@ -103,6 +122,10 @@ type Config struct {
 	// Identity, when set, gives every instance its own SPIFFE Workload API
 	// endpoint (see Identity); optional.
 	Identity Identity
+	// Egress, when set, enforces every instance's egress rules from before
+	// its first process runs; optional (without it instances have the
+	// host's network).
+	Egress Egress
 	// Env is added to every instance's environment (e.g. where the gateway
 	// is, for calls to other functions). Names must be reserved in
 	// api.FunctionConfig so functions cannot override them.

@@ -402,6 +402,12 @@ func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (_ *Instance, err
 		}
 	}()
 
+	if spec.BeforeStart != nil {
+		if err := spec.BeforeStart(ctx, cg.v2Path); err != nil {
+			return nil, fmt.Errorf("before start: %w", err)
+		}
+	}
+
 	cfg := initConfig{
 		RootDir:  rootDir,
 		CodeDir:  spec.CodeDir,

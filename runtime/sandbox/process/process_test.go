@@ -666,3 +666,49 @@ func TestNewErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBeforeStart: the hook sees the instance's cgroup before any process
+// runs in it, and its error aborts the start without leaving anything.
+func TestBeforeStart(t *testing.T) {
+	d := newTestDriver(t)
+	code := codeDir(t, nil)
+	var seen string
+	var procsAtHook []int
+	spec := shSpec("hooked", code, "cat /proc/self/cgroup")
+	spec.BeforeStart = func(_ context.Context, cg string) error {
+		seen = cg
+		var err error
+		procsAtHook, err = readPids(filepath.Join(cg, "cgroup.procs"))
+		return err
+	}
+	inst := start(t, d, spec)
+	<-inst.Done()
+	if seen == "" || seen != inst.CgroupV2Path() {
+		t.Fatalf("hook saw cgroup %q, instance has %q", seen, inst.CgroupV2Path())
+	}
+	if len(procsAtHook) != 0 {
+		t.Fatalf("processes in the cgroup when the hook ran: %v", procsAtHook)
+	}
+	stop(t, inst)
+
+	refused := shSpec("refused", code, "echo should not run")
+	var out syncBuffer
+	refused.Stdout = &out
+	var cg string
+	refused.BeforeStart = func(_ context.Context, dir string) error {
+		cg = dir
+		return errors.New("no rules for you")
+	}
+	if _, err := d.Start(context.Background(), refused); err == nil || !strings.Contains(err.Error(), "no rules for you") {
+		t.Fatalf("Start with a failing hook: %v", err)
+	}
+	if out.String() != "" {
+		t.Fatalf("the program ran: %q", out.String())
+	}
+	if _, err := os.Stat(cg); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("cgroup %s remains (%v)", cg, err)
+	}
+	if _, err := os.Stat(filepath.Join(d.stateDir, "refused")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("state dir remains (%v)", err)
+	}
+}

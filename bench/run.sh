@@ -5,7 +5,8 @@
 #
 # It runs the Go micro-benchmarks, bench/policybench (policyd against
 # upstream OPA, which it serves itself on 127.0.0.1) and bench/identitybench
-# (the Workload API on a Unix socket in $WORK), then starts `zfaas up`
+# (the Workload API on a Unix socket in $WORK) and bench/tlcpbench (TLCP
+# against TLS 1.3 handshakes and bulk, in process), then starts `zfaas up`
 # on kernel-chosen 127.0.0.1 ports in a temporary data directory and runs
 # bench/invokebench against it. It always stops the platform (SIGTERM) and
 # removes the directory.
@@ -17,6 +18,8 @@
 #   POLICY_FLAGS="..."     extra policybench flags, e.g. "-decisions 5000 -pushes 3"
 #   IDENTITY_BENCH=1       0 skips the identity (Workload API) benchmark
 #   IDENTITY_FLAGS="..."   extra identitybench flags, e.g. "-samples 500"
+#   TLCP_BENCH=1           0 skips the TLCP benchmark (bench/tlcpbench)
+#   TLCP_FLAGS="..."       extra tlcpbench flags, e.g. "-duration 6s -bulk 2s"
 #   OPA=path               the upstream OPA binary (default: `go tool -n opa`,
 #                          which builds the version in go.mod once and caches it)
 #   BENCH_FLAGS="..."      extra invokebench flags, e.g. "-cold 5 -duration 2s"
@@ -30,6 +33,7 @@ EXAMPLES=${EXAMPLES:-build/examples}
 MICRO_BENCHTIME=${MICRO_BENCHTIME-0.5s}
 POLICY_BENCH=${POLICY_BENCH:-1}
 IDENTITY_BENCH=${IDENTITY_BENCH:-1}
+TLCP_BENCH=${TLCP_BENCH:-1}
 # Same settings as `make build`, so the packages it compiled are reused.
 export CGO_ENABLED=${CGO_ENABLED:-0}
 
@@ -135,6 +139,23 @@ if [ "$IDENTITY_BENCH" != 0 ]; then
 	echo
 fi
 
+tlcp_status=0
+if [ "$TLCP_BENCH" != 0 ]; then
+	echo "== TLCP: handshakes/s on one core and SM4-GCM bulk vs Go TLS 1.3 (the table is printed at the end)"
+	# Optional figures, like the policy benchmark.
+	tlcp_run() {
+		"$GO" build -trimpath -o "$WORK/tlcpbench" ./bench/tlcpbench || return
+		# In the background, so that INT/TERM reach the trap at once.
+		# shellcheck disable=SC2086 # TLCP_FLAGS is split on purpose
+		"$WORK/tlcpbench" ${TLCP_FLAGS:-} >"$WORK/tlcp.txt" &
+		BENCH_PID=$!
+		wait "$BENCH_PID"
+	}
+	tlcp_run || tlcp_status=$?
+	BENCH_PID=
+	echo
+fi
+
 "$GO" build -trimpath -o "$WORK/invokebench" ./bench/invokebench
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
@@ -160,7 +181,25 @@ wait "$BENCH_PID"
 BENCH_PID=
 [ ! -s "$WORK/policy.txt" ] || cat "$WORK/policy.txt"
 [ ! -s "$WORK/identity.txt" ] || cat "$WORK/identity.txt"
+[ ! -s "$WORK/tlcp.txt" ] || cat "$WORK/tlcp.txt"
 echo "(bench took $((SECONDS - t0)) s)"
 [ "$micro_status" = 0 ] || die "the Go micro-benchmarks failed (see their output above)"
 [ "$policy_status" = 0 ] || die "the policy benchmark failed (see its output above)"
 [ "$identity_status" = 0 ] || die "the identity benchmark failed (see its output above)"
+[ "$tlcp_status" = 0 ] || die "the TLCP benchmark failed (see its output above)"
+
+# Audit log (bench/auditbench): append throughput beside plain JetStream
+# publishes, AppendSync latency, and the cost of an Append per request on a
+# loopback HTTP handler, in its own embedded store. It runs last (the
+# platform above idles meanwhile; the trap still stops it). Set
+# AUDIT_BENCH=0 to skip it, AUDIT_FLAGS for its flags (e.g. "-suite gm").
+if [ "${AUDIT_BENCH:-1}" != 0 ]; then
+	echo
+	echo "== audit log: Append vs plain JetStream publish; request path with and without an Append"
+	"$GO" build -trimpath -o "$WORK/auditbench" ./bench/auditbench
+	# shellcheck disable=SC2086 # AUDIT_FLAGS is split on purpose
+	"$WORK/auditbench" -work "$WORK" ${AUDIT_FLAGS:-} &
+	BENCH_PID=$!
+	wait "$BENCH_PID"
+	BENCH_PID=
+fi

@@ -57,6 +57,9 @@ type Config struct {
 	// Users, when set, issues SVIDs for users at /v1/identity/users/{name}
 	// and for policy engines at /v1/identity/policyd/{name}.
 	Users SVIDIssuer
+	// Audit, when set, serves the audit trail at /v1/audit/export and its
+	// checkpoint verifier keys at /v1/audit/keys.
+	Audit AuditLog
 	// Logger is the gateway's log; default discards.
 	Logger *slog.Logger
 	// Tenant is the tenant of every request until caller identities land;
@@ -232,6 +235,10 @@ func (g *Gateway) routes() {
 		m.HandleFunc("GET /v1/policy/status", g.handlePolicyStatus)
 		m.HandleFunc("POST /v1/policy/rollback", g.handlePolicyRollback)
 		m.HandleFunc("GET /v1/policy/decisions", g.handlePolicyDecisions)
+	}
+	if g.cfg.Audit != nil {
+		m.HandleFunc("GET /v1/audit/export", g.handleAuditExport)
+		m.HandleFunc("GET /v1/audit/keys", g.handleAuditKeys)
 	}
 	m.HandleFunc("/function/{name}", g.handleOpenFaaS)
 	m.HandleFunc("/function/{name}/{rest...}", g.handleOpenFaaS)

@@ -33,6 +33,10 @@ func (g *Gateway) RegisterGRPC(s *grpc.Server) {
 func (g *Gateway) GRPCMaxMessageBytes() int { return int(g.cfg.MaxPayloadBytes) + 64<<10 }
 
 func (s *grpcServer) Invoke(ctx context.Context, req *zfaasv1.InvokeRequest) (*zfaasv1.InvokeResponse, error) {
+	caller, err := s.g.cfg.GRPCAuthenticator.AuthenticateContext(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, "credentials could not be verified")
+	}
 	name, qualifier := req.GetFunction(), req.GetQualifier()
 	if qualifier == "" {
 		name, qualifier, _ = strings.Cut(name, ":")
@@ -42,10 +46,6 @@ func (s *grpcServer) Invoke(ctx context.Context, req *zfaasv1.InvokeRequest) (*z
 	}
 	if int64(len(req.GetPayload())) > s.g.cfg.MaxPayloadBytes {
 		return nil, status.Error(codes.ResourceExhausted, "payload over the limit")
-	}
-	caller, err := s.g.cfg.GRPCAuthenticator.AuthenticateContext(ctx)
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, "credentials could not be verified")
 	}
 	hdr := map[string]any{}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {

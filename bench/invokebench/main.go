@@ -54,12 +54,12 @@ type bench struct {
 	work     string // scratch directory, removed by run.sh
 	// clientConfig is the CLI config `zfaas up` wrote (admin SVID files).
 	clientConfig string
-	rtDir    string // runtime bootstraps for the bare Lambda baselines
-	warmup   time.Duration
-	gwClient *http.Client
-	deployed map[string]bool
-	procLog  io.Writer // output of the processes the benchmark starts
-	stderr   io.Writer
+	rtDir        string // runtime bootstraps for the bare Lambda baselines
+	warmup       time.Duration
+	gwClient     *http.Client
+	deployed     map[string]bool
+	procLog      io.Writer // output of the processes the benchmark starts
+	stderr       io.Writer
 }
 
 func (b *bench) logf(format string, args ...any) {

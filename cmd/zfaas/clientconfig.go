@@ -117,41 +117,37 @@ func writeSVIDFiles(certPath, keyPath, bundlePath string, svid *x509svid.SVID, b
 	return nil
 }
 
-// httpClient builds the CLI's HTTP client. Over https it verifies the
-// gateway by its SPIFFE ID against the trust bundle, presents the user's
+// httpClient builds the CLI's HTTP client. It verifies the gateway by its SPIFFE ID against the trust bundle, presents the user's
 // X.509-SVID when the config names one, and sends token (a JWT-SVID) as a
 // bearer token when it is not empty.
 func (c clientConfig) httpClient(token string) (*http.Client, error) {
 	u, err := url.Parse(c.Gateway)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("gateway %q: want https://HOST:PORT", c.Gateway)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("gateway %q: want https://HOST:PORT (the gateway serves its API over mutual TLS only)", c.Gateway)
 	}
-	var rt http.RoundTripper = http.DefaultTransport
-	if u.Scheme == "https" {
-		if c.Bundle == "" || c.GatewayID == "" {
-			return nil, fmt.Errorf("no trust bundle or gateway ID to verify %s: run `zfaas up` on this machine, or point ZFAAS_CLIENT_CONFIG at the config.yaml that `zfaas identity issue-user` wrote", c.Gateway)
-		}
-		gw, err := spiffeid.FromString(c.GatewayID)
+	if c.Bundle == "" || c.GatewayID == "" {
+		return nil, fmt.Errorf("no trust bundle or gateway ID to verify %s: run `zfaas up` on this machine, or point ZFAAS_CLIENT_CONFIG at the config.yaml that `zfaas identity issue-user` wrote", c.Gateway)
+	}
+	gw, err := spiffeid.FromString(c.GatewayID)
+	if err != nil {
+		return nil, fmt.Errorf("gateway_id: %w", err)
+	}
+	bundle, err := x509bundle.Load(gw.TrustDomain(), c.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("load the trust bundle: %w", err)
+	}
+	var src x509svid.Source
+	if c.Cert != "" {
+		svid, err := x509svid.Load(c.Cert, c.Key)
 		if err != nil {
-			return nil, fmt.Errorf("gateway_id: %w", err)
+			return nil, fmt.Errorf("load the CLI's SVID: %w", err)
 		}
-		bundle, err := x509bundle.Load(gw.TrustDomain(), c.Bundle)
-		if err != nil {
-			return nil, fmt.Errorf("load the trust bundle: %w", err)
-		}
-		var src x509svid.Source
-		if c.Cert != "" {
-			svid, err := x509svid.Load(c.Cert, c.Key)
-			if err != nil {
-				return nil, fmt.Errorf("load the CLI's SVID: %w", err)
-			}
-			src = svid
-		}
-		rt = &http.Transport{
-			Proxy:             http.ProxyFromEnvironment,
-			TLSClientConfig:   mtls.ClientConfig(src, bundle, gw),
-			ForceAttemptHTTP2: true,
-		}
+		src = svid
+	}
+	var rt http.RoundTripper = &http.Transport{
+		Proxy:             http.ProxyFromEnvironment,
+		TLSClientConfig:   mtls.ClientConfig(src, bundle, gw),
+		ForceAttemptHTTP2: true,
 	}
 	if token != "" {
 		rt = bearerTransport{token: token, next: rt}

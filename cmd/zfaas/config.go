@@ -186,11 +186,16 @@ func (c *upConfig) validate() error {
 			return fmt.Errorf("%s %q: %v", name, addr, err)
 		}
 	}
-	if c.Gateway.Listen == c.Gateway.HealthListen || c.Gateway.Listen == c.Gateway.GRPCListen ||
-		(c.Gateway.GRPCListen != "" && c.Gateway.GRPCListen == c.Gateway.HealthListen) {
-		if !strings.HasSuffix(c.Gateway.Listen, ":0") {
-			return errors.New("gateway.listen, gateway.grpc_listen and gateway.health_listen must be different addresses")
+	// Port 0 picks a free port per listener, so only fixed ports can clash.
+	seen := map[string]string{}
+	for _, l := range []struct{ name, addr string }{{"gateway.listen", c.Gateway.Listen}, {"gateway.grpc_listen", c.Gateway.GRPCListen}, {"gateway.health_listen", c.Gateway.HealthListen}} {
+		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
+			continue
 		}
+		if other, ok := seen[l.addr]; ok {
+			return fmt.Errorf("%s and %s are both %s: each listener needs its own address", other, l.name, l.addr)
+		}
+		seen[l.addr] = l.name
 	}
 	for _, n := range c.Gateway.ServerNames {
 		if net.ParseIP(n) == nil && !hostNameRE.MatchString(n) {

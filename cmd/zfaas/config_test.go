@@ -26,7 +26,8 @@ func TestConfigFile(t *testing.T) {
 		{"wrong type names its line", "gateway:\n  wait_budget: soon\n", "line 2", nil},
 		{"public mTLS listener", "gateway:\n  listen: 0.0.0.0:8443\n", "", func(c upConfig) bool { return c.Gateway.Listen == "0.0.0.0:8443" }},
 		{"tls_listen is gone", "gateway:\n  tls_listen: 127.0.0.1:8443\n", "tls_listen", nil},
-		{"same address twice", "gateway:\n  health_listen: 127.0.0.1:8443\n", "different addresses", nil},
+		{"same address twice", "gateway:\n  health_listen: 127.0.0.1:8443\n", "own address", nil},
+		{"port 0 twice", "gateway:\n  grpc_listen: 127.0.0.1:0\n  health_listen: 127.0.0.1:0\n", "", nil},
 		{"identity", "identity:\n  trust_domain: example.org\n  x509_svid_ttl: 2h\n  jwt_svid_ttl: 1m\n  ca_ttl: 48h\n", "", func(c upConfig) bool {
 			return c.Identity.TrustDomain == "example.org" && c.Identity.X509SVIDTTL == 2*time.Hour && c.Identity.JWTSVIDTTL == time.Minute
 		}},

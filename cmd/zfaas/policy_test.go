@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -88,7 +87,7 @@ func signingKey(t *testing.T) (privPath string, pubPEM []byte) {
 
 // policyGateway serves the gateway's /v1/policy routes over a real engine,
 // as the gateway is to.
-func policyGateway(t *testing.T, e *policyd.Engine) *httptest.Server {
+func policyGateway(t *testing.T, e *policyd.Engine) http.Handler {
 	t.Helper()
 	fail := func(w http.ResponseWriter, status int, code, msg string) {
 		w.Header().Set("Content-Type", "application/json")
@@ -148,9 +147,7 @@ func policyGateway(t *testing.T, e *policyd.Engine) *httptest.Server {
 		enc := json.NewEncoder(w)
 		_ = e.Decisions(r.Context(), f, func(rec policyd.DecisionRecord) { _ = enc.Encode(rec) })
 	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return srv
+	return mux
 }
 
 func testEngine(t *testing.T, cfg policyd.Config) *policyd.Engine {
@@ -173,11 +170,11 @@ func testEngine(t *testing.T, cfg policyd.Config) *policyd.Engine {
 func TestPolicyClientCommands(t *testing.T) {
 	privPath, pub := signingKey(t)
 	e := testEngine(t, policyd.Config{VerifyKey: pub, DecisionLog: true})
-	gw := policyGateway(t, e)
+	gwURL, gwEnv := mtlsTestServer(t, policyGateway(t, e))
 	ctx := t.Context()
 	run := func(args ...string) (string, error) {
 		var out, errOut bytes.Buffer
-		err := runPolicy(ctx, append(args, "--gateway", gw.URL), noEnv, &out, &errOut)
+		err := runPolicy(ctx, append(args, "--gateway", gwURL), gwEnv, &out, &errOut)
 		return out.String() + errOut.String(), err
 	}
 

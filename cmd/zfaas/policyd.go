@@ -42,7 +42,7 @@ func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr i
 	defaultPolicy := fs.String("default-policy", "", "policy directory served until a revision is pushed")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	svidDirFlag := fs.String("svid-dir", "", "directory with this engine's X.509-SVID (svid.pem, svid-key.pem, bundle.pem; see zfaas identity issue-policyd), reread when the files change")
-	spiffeSocket := fs.String("spiffe-socket", getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address (unix:///path) to get this engine's X.509-SVID from (env SPIFFE_ENDPOINT_SOCKET)")
+	spiffeSocket := fs.String("spiffe-socket", "", "SPIFFE Workload API address (unix:///path) to get this engine's X.509-SVID from (default env SPIFFE_ENDPOINT_SOCKET, unless --svid-dir or --insecure-plaintext is given)")
 	plaintext := fs.Bool("insecure-plaintext", false, "development only: serve without TLS and without authenticating callers")
 	if _, err := parseN(fs, args, 0); err != nil {
 		return err
@@ -50,6 +50,9 @@ func runPolicyd(ctx context.Context, args []string, getenv env, stdout, stderr i
 	if (*natsURL == "") == (*dataDir == "") {
 		fmt.Fprintln(stderr, "zfaas policyd: give exactly one of --nats or --data-dir")
 		return errUsage
+	}
+	if *spiffeSocket == "" && *svidDirFlag == "" && !*plaintext {
+		*spiffeSocket = getenv("SPIFFE_ENDPOINT_SOCKET")
 	}
 	n := 0
 	for _, set := range []bool{*svidDirFlag != "", *spiffeSocket != "", *plaintext} {

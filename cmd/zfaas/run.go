@@ -36,7 +36,8 @@ Usage:
   zfaas fn <command> [args]        manage and invoke functions
   zfaas policy <command> [args]    test, push, roll back policy; read decisions
   zfaas policyd [flags]            run the standalone policy decision role
-  zfaas identity bundle            print the trust domain's SPIFFE bundle
+  zfaas audit <command> [args]     export the audit trail; verify an export offline
+  zfaas identity <command> [args]  bundle, show, issue-user, issue-policyd
   zfaas version                    print the version
 
 Function commands:
@@ -72,6 +73,8 @@ func dispatch(ctx context.Context, args []string, getenv env, stdout, stderr io.
 		return runPolicy(ctx, args[1:], getenv, stdout, stderr)
 	case "policyd":
 		return runPolicyd(ctx, args[1:], getenv, stdout, stderr)
+	case "audit":
+		return runAudit(ctx, args[1:], getenv, stdout, stderr)
 	case "identity":
 		return runIdentity(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":

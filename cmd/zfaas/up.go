@@ -82,7 +82,14 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	if *clientCfg != "-" {
 		path := *clientCfg
 		if path == "" {
-			path, err = clientConfigPath(getenv)
+			// The user's own config dir: ZFAAS_CLIENT_CONFIG may point at
+			// another user's config (from issue-user), never overwritten.
+			path, err = clientConfigPath(func(k string) string {
+				if k == "ZFAAS_CLIENT_CONFIG" {
+					return ""
+				}
+				return getenv(k)
+			})
 		}
 		if err == nil {
 			// The local administrator's X.509-SVID for the CLI, refreshed
@@ -117,7 +124,8 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 			log.Info("wrote CLI config and the local administrator's X.509-SVID", "path", path, "spiffe_id", p.adminID)
 		}
 	}
-	fmt.Fprintf(stdout, "zfaas is up: gateway %s (mTLS), gRPC %s (mTLS), health %s, trust domain %s, data in %s\n", gwURL, p.grpcAddr, p.healthAddr, p.td, cfg.DataDir)
+	fmt.Fprintf(stdout, "zfaas is up: gateway %s (mTLS), gRPC %s, health %s, trust domain %s, data in %s\n",
+		gwURL, orOff(p.grpcAddr, " (mTLS)"), orOff(p.healthAddr, ""), p.td, cfg.DataDir)
 	tasks := []task{p.run}
 	if refreshSVID != nil {
 		tasks = append(tasks, refreshSVID)
@@ -500,6 +508,14 @@ func (p *platform) gatewayEnv() []string {
 		env = append(env, "ZFAAS_GATEWAY_GRPC="+p.grpcAddr)
 	}
 	return env
+}
+
+// orOff is addr with suffix, or "off" for a listener that is turned off.
+func orOff(addr, suffix string) string {
+	if addr == "" {
+		return "off"
+	}
+	return addr + suffix
 }
 
 // gatewayHosts are the host SANs of the gateway's SVID: loopback, the

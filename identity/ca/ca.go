@@ -68,6 +68,9 @@ var (
 	ErrUnsupportedKey = errors.New("unsupported key type")
 	// ErrTTL is returned for a requested TTL above the allowed maximum.
 	ErrTTL = errors.New("ttl too long")
+	// ErrTrustDomain is returned by New when the state on disk belongs to
+	// another trust domain.
+	ErrTrustDomain = errors.New("ca state of another trust domain")
 )
 
 // Config configures a CA. Zero durations take the defaults.

@@ -488,3 +488,24 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustDomainIsFixed: a CA directory of one trust domain cannot be
+// reopened for another, which would sign IDs of the new domain with the
+// old domain's authority.
+func TestTrustDomainIsFixed(t *testing.T) {
+	dir := t.TempDir()
+	c, err := ca.New(context.Background(), ca.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("one.test"), Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	_, err = ca.New(context.Background(), ca.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("two.test"), Dir: dir})
+	if !errors.Is(err, ca.ErrTrustDomain) {
+		t.Fatalf("reopened for another trust domain: %v, want ErrTrustDomain", err)
+	}
+	c, err = ca.New(context.Background(), ca.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("one.test"), Dir: dir})
+	if err != nil {
+		t.Fatalf("reopen for its own trust domain: %v", err)
+	}
+	c.Close()
+}

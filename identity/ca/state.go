@@ -73,6 +73,10 @@ func (c *CA) load(ctx context.Context) error {
 		if !cert.IsCA || cert.CheckSignatureFrom(cert) != nil {
 			return fmt.Errorf("ca state: certificate %s is not a self-signed ca", serialHex(cert))
 		}
+		if len(cert.URIs) != 1 || cert.URIs[0].String() != c.td.ID().String() {
+			return fmt.Errorf("%w: the authorities in %s belong to another trust domain (%v), not %s; a trust domain cannot change in place: use a new data directory",
+				ErrTrustDomain, c.cfg.Dir, cert.URIs, c.td)
+		}
 		c.insert(a)
 	}
 	if act := c.activeLocked(c.now()); act != nil {

@@ -18,9 +18,9 @@ import data.zfaas.lib.spiffe
 actions := {"deploy", "delete", "alias.set", "alias.delete", "read"} | policy_actions
 
 # Policy administration (push a revision, read status and decisions, roll
-# back) and issuing user identities are decided here too, and only admins
-# may do them.
-policy_actions := {"policy.push", "policy.read", "policy.rollback", "identity.issue"}
+# back), issuing user identities and exporting the audit trail are decided
+# here too, and only admins may do them.
+policy_actions := {"policy.push", "policy.read", "policy.rollback", "identity.issue", "audit.export"}
 
 # Limits on input.config for action "deploy": the input field, the limit in
 # data.zfaas.config.deploy it must not exceed.

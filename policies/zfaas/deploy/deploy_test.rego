@@ -119,6 +119,13 @@ cases := [
 	{"name": "user may not roll back policy", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "policy.rollback"}, "allow": false, "reasons": ["only admins administer policy"]},
 	{"name": "admin may issue identities", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "identity.issue"}, "allow": true, "reasons": ["caller is an admin"]},
 	{"name": "user may not issue identities", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "identity.issue"}, "allow": false, "reasons": ["only admins"]},
+	{"name": "admin may export the audit trail", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "audit.export"}, "allow": true, "reasons": ["caller is an admin"]},
+	{"name": "user may not export the audit trail", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "audit.export"}, "allow": false, "reasons": ["only admins"]},
+	{
+		"name": "function listed as admin may not export the audit trail",
+		"input": {"caller": {"spiffe_id": "spiffe://zfaas.local/ns/ops/fn/deployer", "authenticated": true, "auth_method": "x509", "kind": "function"}, "function": {"tenant": "acme", "name": ""}, "action": "audit.export"},
+		"allow": false, "reasons": ["functions may never deploy, change or read functions"],
+	},
 	{"name": "admin with unknown action", "input": act(admin, "policy.rewrite"), "allow": false, "reasons": ["action \"policy.rewrite\" is not one of"]},
 	{"name": "admin with action invoke", "input": act(admin, "invoke"), "allow": false, "reasons": ["action \"invoke\" is not one of"]},
 	{"name": "invalid function name", "input": req(admin, "delete", {"tenant": "acme", "name": "../x"}, null), "allow": false, "reasons": ["function name \"../x\""]},

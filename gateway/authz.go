@@ -133,6 +133,7 @@ func (g *Gateway) authorize(ctx context.Context, entry string, input map[string]
 	if err != nil {
 		return d, fmt.Errorf("policy %s: %w", entry, err)
 	}
+	g.recordDecision(entry, input, d)
 	if !d.Allow {
 		return d, &deniedError{d: d}
 	}

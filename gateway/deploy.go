@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/audit"
 	"github.com/zfaas/zfaas/runtime/archive"
 )
 
@@ -45,6 +46,7 @@ func (g *Gateway) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.log.Info("deployed", "function", name, "version", v.Version, "digest", v.PackageDigest, "size", v.PackageSize)
+	g.recordControl(audit.KindDeploy, c, g.cfg.Tenant+"/"+name, "deploy", map[string]any{"version": v.Version, "digest": v.PackageDigest, "size": v.PackageSize})
 	writeJSON(w, http.StatusCreated, v)
 }
 
@@ -280,7 +282,8 @@ func (g *Gateway) handleGet(w http.ResponseWriter, r *http.Request) {
 
 func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := g.authorizeControl(r, "delete", name); err != nil {
+	c, err := g.authenticateControl(r, "delete", name)
+	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -295,6 +298,7 @@ func (g *Gateway) handleDelete(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	g.log.Info("deleted", "function", name)
+	g.recordControl(audit.KindDelete, c, g.cfg.Tenant+"/"+name, "delete", map[string]any{"versions": len(vers)})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -343,7 +347,8 @@ type AliasRequest struct {
 
 func (g *Gateway) handleSetAlias(w http.ResponseWriter, r *http.Request) {
 	name, alias := r.PathValue("name"), r.PathValue("alias")
-	if err := g.authorizeControl(r, "alias.set", name); err != nil {
+	c, err := g.authenticateControl(r, "alias.set", name)
+	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -381,11 +386,14 @@ func (g *Gateway) handleSetAlias(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.log.Info("alias set", "function", name, "alias", alias, "version", req.Version, "additional", req.AdditionalVersion, "weight", req.AdditionalWeight)
+	g.recordControl(audit.KindAlias, c, g.cfg.Tenant+"/"+name, "alias.set", map[string]any{
+		"alias": alias, "version": req.Version, "additional_version": req.AdditionalVersion, "additional_weight": req.AdditionalWeight})
 	writeJSON(w, http.StatusOK, f.Aliases[alias])
 }
 
 func (g *Gateway) handleDeleteAlias(w http.ResponseWriter, r *http.Request) {
-	if err := g.authorizeControl(r, "alias.delete", r.PathValue("name")); err != nil {
+	c, err := g.authenticateControl(r, "alias.delete", r.PathValue("name"))
+	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -393,6 +401,7 @@ func (g *Gateway) handleDeleteAlias(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, err)
 		return
 	}
+	g.recordControl(audit.KindAlias, c, g.cfg.Tenant+"/"+r.PathValue("name"), "alias.delete", map[string]any{"alias": r.PathValue("alias")})
 	w.WriteHeader(http.StatusNoContent)
 }
 

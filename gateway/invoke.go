@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/audit"
 )
 
 // invocation is what the gateway knows about one call before it runs.
@@ -61,11 +62,27 @@ func (g *Gateway) invoke(ctx context.Context, in invocation) (*outcome, error) {
 		ID: id, Version: v, Payload: in.payload, HTTP: in.http,
 		MaxConcurrency: v.Config.MaxConcurrency, WaitBudget: g.cfg.WaitBudget, TraceID: in.traceID,
 	})
-	g.metrics.observe(v, res, err, time.Since(t0))
+	elapsed := time.Since(t0)
+	g.metrics.observe(v, res, err, elapsed)
+	rec := audit.Record{
+		Kind: audit.KindInvoke, Actor: in.caller.SPIFFEID, Subject: v.Tenant + "/" + v.Function + ":" + strconv.FormatInt(v.Version, 10),
+		Action: "invoke", Outcome: audit.OutcomeSuccess, DecisionID: d.ID, PolicyRevision: d.Revision, TraceID: in.traceID,
+		Details: map[string]any{"invocation_id": id, "duration_ms": elapsed.Milliseconds()},
+	}
 	if err != nil {
+		rec.Outcome = audit.OutcomeFailure
+		_, code, _ := g.classify(err)
+		rec.Details["error"] = code
+		g.record(rec)
 		g.log.Debug("invocation failed", "function", v.Function, "version", v.Version, "invocation", id, "err", err)
 		return &outcome{id: id, version: v, decision: d}, err
 	}
+	rec.Details["cold_start"] = res.ColdStart
+	if res.FuncErr != nil {
+		rec.Outcome = audit.OutcomeFailure
+		rec.Details["error"] = "function_error"
+	}
+	g.record(rec)
 	return &outcome{id: id, version: v, res: res, decision: d}, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/audit"
 )
 
 // PolicyAdmin is the policy engine's administration, served under
@@ -78,9 +79,12 @@ func (g *Gateway) handlePolicyPush(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := g.cfg.Policy.Push(r.Context(), body, c.SPIFFEID)
 	if err != nil {
+		g.record(audit.Record{Kind: audit.KindPolicyRefused, Actor: c.SPIFFEID, Action: "policy.push", Outcome: audit.OutcomeFailure,
+			Details: map[string]any{"error": err.Error(), "bundle_bytes": len(body)}})
 		g.policyError(w, r, err)
 		return
 	}
+	g.recordControl(audit.KindPolicyPush, c, "policy", "policy.push", jsonMap(res))
 	writeJSON(w, http.StatusCreated, res)
 }
 
@@ -119,6 +123,7 @@ func (g *Gateway) handlePolicyRollback(w http.ResponseWriter, r *http.Request) {
 		g.policyError(w, r, err)
 		return
 	}
+	g.recordControl(audit.KindPolicyRollback, c, "policy", "policy.rollback", jsonMap(res))
 	writeJSON(w, http.StatusOK, res)
 }
 

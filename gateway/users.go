@@ -8,6 +8,9 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"time"
+
+	"github.com/zfaas/zfaas/audit"
 )
 
 // SVIDIssuer signs X.509-SVIDs over the key of a PKCS#10 request for
@@ -38,7 +41,8 @@ func (g *Gateway) handleIssue(w http.ResponseWriter, r *http.Request) {
 		g.writeError(w, r, errf(http.StatusBadRequest, CodeBadRequest, "name must be 1-63 lower-case letters, digits, '.', '_' or '-'"))
 		return
 	}
-	if err := g.authorizeControl(r, "identity.issue", ""); err != nil {
+	c, err := g.authenticateControl(r, "identity.issue", "")
+	if err != nil {
 		g.writeError(w, r, err)
 		return
 	}
@@ -69,4 +73,13 @@ func (g *Gateway) handleIssue(w http.ResponseWriter, r *http.Request) {
 		_ = pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	g.log.Info("issued identity", "kind", kind, "name", name)
+	if len(chain) > 0 {
+		leaf := chain[0]
+		var id string
+		if len(leaf.URIs) == 1 {
+			id = leaf.URIs[0].String()
+		}
+		g.recordControl(audit.KindSVIDIssued, c, id, "identity.issue", map[string]any{
+			"type": "x509", "serial": leaf.SerialNumber.Text(16), "not_after": leaf.NotAfter.UTC().Format(time.RFC3339)})
+	}
 }

@@ -31,6 +31,20 @@ type upConfig struct {
 	Store    storeConfig    `yaml:"store"`
 	Policy   policyConfig   `yaml:"policy"`
 	Identity identityConfig `yaml:"identity"`
+	Audit    auditConfig    `yaml:"audit"`
+}
+
+// auditConfig configures the compliance audit trail (docs/audit.md).
+type auditConfig struct {
+	// Enabled writes the trail (default true).
+	Enabled bool `yaml:"enabled"`
+	// CheckpointEvery and CheckpointInterval cut signed checkpoints every
+	// N records and every interval; zero means the defaults (docs/audit.md).
+	CheckpointEvery    int           `yaml:"checkpoint_every"`
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// Retention removes records older than this, recording the expiry in
+	// the trail; zero keeps everything.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // identityConfig configures the trust domain's CA and the SVIDs it issues.
@@ -137,6 +151,7 @@ func defaultUpConfig(getenv env) upConfig {
 		},
 		Store:  storeConfig{Replicas: 1},
 		Policy: policyConfig{DecisionLog: true},
+		Audit:  auditConfig{Enabled: true},
 		Identity: identityConfig{
 			TrustDomain: "zfaas.local",
 			X509SVIDTTL: time.Hour,
@@ -201,6 +216,9 @@ func (c *upConfig) validate() error {
 		if net.ParseIP(n) == nil && !hostNameRE.MatchString(n) {
 			return fmt.Errorf("gateway.server_names: %q is neither an IP address nor a DNS name", n)
 		}
+	}
+	if c.Audit.CheckpointEvery < 0 || c.Audit.CheckpointInterval < 0 || (c.Audit.Retention != 0 && c.Audit.Retention < time.Hour) {
+		return errors.New("audit: checkpoint_every and checkpoint_interval must not be negative, retention 0 (keep all) or at least 1h")
 	}
 	if err := c.Identity.validate(); err != nil {
 		return err

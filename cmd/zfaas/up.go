@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
+	"github.com/zfaas/zfaas/audit"
 	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway"
 	"github.com/zfaas/zfaas/policyd"
@@ -164,6 +165,7 @@ type platform struct {
 	log      *slog.Logger
 	store    *store.Store
 	policy   *policyd.Engine
+	audit    *audit.Log // nil when audit.enabled is false
 	worker   *worker.Worker
 	identity *svid.Provider
 	gateway  *gateway.Gateway
@@ -226,6 +228,26 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 			return nil, fmt.Errorf("policy.verify_key_file: %w", err)
 		}
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.Audit.Enabled {
+		p.audit, err = audit.Open(ctx, audit.Config{
+			Store:              p.store,
+			KeyDir:             filepath.Join(cfg.DataDir, "audit"),
+			Node:               "local",
+			CheckpointEvery:    cfg.Audit.CheckpointEvery,
+			CheckpointInterval: cfg.Audit.CheckpointInterval,
+			Retention:          cfg.Audit.Retention,
+			Logger:             log,
+			Registerer:         reg,
+			ProductVersion:     buildVersion(),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+	} else {
+		log.Warn("the audit trail is off (audit.enabled: false): decisions, changes and identities are not recorded")
+	}
 	shipped, err := defaultPolicy(td.Name())
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
@@ -252,8 +274,6 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// The gateway and the worker need each other (invoker; log sink and
 	// observer), so the worker is bound through a small late-bound shim.
 	p.identity, err = svid.Start(ctx, svid.Config{
@@ -265,6 +285,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		JWTTTL:      cfg.Identity.JWTSVIDTTL,
 		CATTL:       cfg.Identity.CATTL,
 		Logger:      log,
+		OnIssue:     p.recordSVID,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -291,6 +312,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		TempDir:               filepath.Join(cfg.DataDir, "tmp"),
 		Registerer:            reg,
 		LogRetention:          cfg.Gateway.LogRetention,
+		Audit:                 p.auditLog(),
 	})
 	if err != nil {
 		return nil, err
@@ -455,6 +477,9 @@ func (p *platform) close(ctx context.Context) error {
 		if p.policy != nil {
 			errs = append(errs, p.policy.Close(ctx))
 		}
+		if p.audit != nil {
+			errs = append(errs, p.audit.Close(ctx))
+		}
 		p.cancel()
 		if p.store != nil {
 			errs = append(errs, p.store.Close())
@@ -508,6 +533,34 @@ func (p *platform) gatewayEnv() []string {
 		env = append(env, "ZFAAS_GATEWAY_GRPC="+p.grpcAddr)
 	}
 	return env
+}
+
+// auditLog is the gateway's view of the audit trail; nil when it is off.
+func (p *platform) auditLog() gateway.AuditLog {
+	if p.audit == nil {
+		return nil
+	}
+	return p.audit
+}
+
+// recordSVID records an SVID the Workload API handed to an instance.
+func (p *platform) recordSVID(s svid.Issued) {
+	if p.audit == nil {
+		return
+	}
+	d := map[string]any{"type": s.Type, "not_after": s.NotAfter.UTC().Format(time.RFC3339)}
+	if s.Serial != "" {
+		d["serial"] = s.Serial
+	}
+	if len(s.Audience) > 0 {
+		aud := make([]any, len(s.Audience))
+		for i, a := range s.Audience {
+			aud[i] = a
+		}
+		d["audience"] = aud
+	}
+	_ = p.audit.Append(audit.Record{Kind: audit.KindSVIDIssued, Actor: "spiffe://" + p.td.Name() + "/worker/local", Subject: s.ID,
+		Action: "workload-api", Outcome: audit.OutcomeSuccess, Details: d})
 }
 
 // orOff is addr with suffix, or "off" for a listener that is turned off.

@@ -59,6 +59,41 @@ type Config struct {
 	// defaults of identity/ca (1h, 5m, 24h).
 	X509TTL, JWTTTL, CATTL time.Duration
 	Logger                 *slog.Logger
+	// OnIssue, when set, is told of every SVID the Workload API mints for
+	// an instance (for the audit trail); it must not block.
+	OnIssue func(Issued)
+}
+
+// Issued describes one SVID handed to an instance.
+type Issued struct {
+	ID       string
+	Type     string // "x509" or "jwt"
+	Serial   string // hex, X.509 only
+	Audience []string
+	NotAfter time.Time
+}
+
+// recordingIssuer tells Config.OnIssue of every SVID it mints.
+type recordingIssuer struct {
+	*ca.CA
+	on func(Issued)
+}
+
+func (r recordingIssuer) MintX509SVID(ctx context.Context, p ca.X509Params) (*ca.X509SVID, error) {
+	s, err := r.CA.MintX509SVID(ctx, p)
+	if err == nil && len(s.Certificates) > 0 {
+		leaf := s.Certificates[0]
+		r.on(Issued{ID: s.ID.String(), Type: "x509", Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter})
+	}
+	return s, err
+}
+
+func (r recordingIssuer) MintJWTSVID(ctx context.Context, p ca.JWTParams) (*ca.JWTSVID, error) {
+	s, err := r.CA.MintJWTSVID(ctx, p)
+	if err == nil {
+		r.on(Issued{ID: p.ID.String(), Type: "jwt", Audience: p.Audience, NotAfter: s.Expiry})
+	}
+	return s, err
 }
 
 // Start creates (or reloads) the CA under cfg.Dir/ca and starts the
@@ -95,7 +130,11 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 		return nil, err
 	}
 	att := &pendingCgroupAttestor{inner: cgAtt, cgroups: map[string]func() (string, error){}}
-	srv, err := workloadapi.New(workloadapi.Config{Issuer: authority, Attestor: att, Logger: log})
+	var issuer workloadapi.Issuer = authority
+	if cfg.OnIssue != nil {
+		issuer = recordingIssuer{CA: authority, on: cfg.OnIssue}
+	}
+	srv, err := workloadapi.New(workloadapi.Config{Issuer: issuer, Attestor: att, Logger: log})
 	if err != nil {
 		authority.Close()
 		return nil, err

@@ -7,6 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PREFIX ?= /usr/local
 FUZZTIME ?= 15s
+TLCP_FUZZTIME ?= 8s
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
@@ -65,8 +66,13 @@ test: deps lint policy-test ## Run every test (installs what is missing first)
 	$(GO) test -count=1 -timeout 20m ./...
 	@echo "fuzzing the package parser for a bounded time (corpus in runtime/archive/testdata/fuzz):"
 	$(GO) test -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME) ./runtime/archive/
+	@echo "fuzzing the TLCP record layer and handshake parsers for a bounded time (corpus in crypto/tlcp/testdata/fuzz):"
+	$(GO) test -run '^$$' -fuzz '^FuzzRecordLayer$$' -fuzztime $(TLCP_FUZZTIME) ./crypto/tlcp/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandshakeMessages$$' -fuzztime $(TLCP_FUZZTIME) ./crypto/tlcp/
+	$(GO) test -run '^$$' -fuzz '^FuzzRecordOpen$$' -fuzztime $(TLCP_FUZZTIME) ./crypto/tlcp/
+	$(GO) test -run '^$$' -fuzz '^FuzzClientHandshake$$' -fuzztime $(TLCP_FUZZTIME) ./crypto/tlcp/
 	@echo "race detector on the concurrent packages:"
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./runtime/pool/ ./runtime/lambdaapi/ ./runtime/worker/ ./gateway/... ./policyd/... ./store/
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./runtime/pool/ ./runtime/lambdaapi/ ./runtime/worker/ ./gateway/... ./policyd/... ./store/ ./audit/ ./crypto/tlcp/ ./crypto/dualstack/
 
 .PHONY: policy-test
 policy-test: ## Check and test the Rego repo with upstream OPA (opa check --strict, opa test)
@@ -88,16 +94,18 @@ lint: ## gofmt, go vet and staticcheck (config: staticcheck.conf)
 	$(GO) tool staticcheck ./...
 
 .PHONY: generate
-generate: ## Regenerate protobuf stubs (needs protoc: apt-get install protobuf-compiler)
+generate: ## Regenerate protobuf stubs and the eBPF objects (needs protoc, clang, llvm, libbpf-dev)
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler"; exit 1; }
+	@command -v clang >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || { echo "clang or libbpf headers missing: apt-get install clang llvm libbpf-dev"; exit 1; }
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	$(GO) generate ./api/...
+	$(GO) generate ./bpf/
 
 .PHONY: generate-check
 generate-check: generate ## Fail when generated code differs from what is committed
-	@git diff --exit-code -- api/ || { echo "generated code is stale: run make generate and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- api/)" || { echo "untracked generated files:"; git status --porcelain -- api/; exit 1; }
+	@git diff --exit-code -- api/ bpf/ || { echo "generated code is stale: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api/ bpf/)" || { echo "untracked generated files:"; git status --porcelain -- api/ bpf/; exit 1; }
 
 .PHONY: clean
 clean: ## Remove build outputs

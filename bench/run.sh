@@ -17,6 +17,8 @@
 #   POLICY_BENCH=1         0 skips the policy benchmark
 #   POLICY_FLAGS="..."     extra policybench flags, e.g. "-decisions 5000 -pushes 3"
 #   IDENTITY_BENCH=1       0 skips the identity (Workload API) benchmark
+#   EGRESS_BENCH=1         0 skips the eBPF egress benchmark
+#   EGRESS_FLAGS="..."     extra egressbench flags, e.g. "-samples 1000 -rules 5000"
 #   IDENTITY_FLAGS="..."   extra identitybench flags, e.g. "-samples 500"
 #   TLCP_BENCH=1           0 skips the TLCP benchmark (bench/tlcpbench)
 #   TLCP_FLAGS="..."       extra tlcpbench flags, e.g. "-duration 6s -bulk 2s"
@@ -33,6 +35,7 @@ EXAMPLES=${EXAMPLES:-build/examples}
 MICRO_BENCHTIME=${MICRO_BENCHTIME-0.5s}
 POLICY_BENCH=${POLICY_BENCH:-1}
 IDENTITY_BENCH=${IDENTITY_BENCH:-1}
+EGRESS_BENCH=${EGRESS_BENCH:-1}
 TLCP_BENCH=${TLCP_BENCH:-1}
 # Same settings as `make build`, so the packages it compiled are reused.
 export CGO_ENABLED=${CGO_ENABLED:-0}
@@ -156,6 +159,23 @@ if [ "$TLCP_BENCH" != 0 ]; then
 	echo
 fi
 
+egress_status=0
+if [ "$EGRESS_BENCH" != 0 ]; then
+	echo "== egress: connect() and a TLS handshake inside vs outside an enforced cgroup, and applying a revision (the table is printed at the end)"
+	# Optional figures, like the policy benchmark.
+	egress_run() {
+		"$GO" build -trimpath -o "$WORK/egressbench" ./bench/egressbench || return
+		# In the background, so that INT/TERM reach the trap at once.
+		# shellcheck disable=SC2086 # EGRESS_FLAGS is split on purpose
+		"$WORK/egressbench" ${EGRESS_FLAGS:-} >"$WORK/egress.txt" &
+		BENCH_PID=$!
+		wait "$BENCH_PID"
+	}
+	egress_run || egress_status=$?
+	BENCH_PID=
+	echo
+fi
+
 "$GO" build -trimpath -o "$WORK/invokebench" ./bench/invokebench
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
@@ -181,11 +201,13 @@ wait "$BENCH_PID"
 BENCH_PID=
 [ ! -s "$WORK/policy.txt" ] || cat "$WORK/policy.txt"
 [ ! -s "$WORK/identity.txt" ] || cat "$WORK/identity.txt"
+[ ! -s "$WORK/egress.txt" ] || cat "$WORK/egress.txt"
 [ ! -s "$WORK/tlcp.txt" ] || cat "$WORK/tlcp.txt"
 echo "(bench took $((SECONDS - t0)) s)"
 [ "$micro_status" = 0 ] || die "the Go micro-benchmarks failed (see their output above)"
 [ "$policy_status" = 0 ] || die "the policy benchmark failed (see its output above)"
 [ "$identity_status" = 0 ] || die "the identity benchmark failed (see its output above)"
+[ "$egress_status" = 0 ] || die "the egress benchmark failed (see its output above)"
 [ "$tlcp_status" = 0 ] || die "the TLCP benchmark failed (see its output above)"
 
 # Audit log (bench/auditbench): append throughput beside plain JetStream

@@ -93,7 +93,12 @@ type gatewayConfig struct {
 }
 
 type workerConfig struct {
-	Sandbox          string        `yaml:"sandbox"`
+	Sandbox string `yaml:"sandbox"`
+	// Egress is "enforce" (default: every instance may reach only what
+	// zfaas.egress allows, enforced by eBPF in the kernel) or "off"
+	// (development on hosts without BPF: instances have the host's
+	// network; logged at start).
+	Egress           string        `yaml:"egress"`
 	IdleTimeout      time.Duration `yaml:"idle_timeout"`
 	InitTimeout      time.Duration `yaml:"init_timeout"`
 	MaxResponseBytes int64         `yaml:"max_response_bytes"`
@@ -137,6 +142,7 @@ func defaultUpConfig(getenv env) upConfig {
 		},
 		Worker: workerConfig{
 			Sandbox:          "process",
+			Egress:           "enforce",
 			IdleTimeout:      10 * time.Minute,
 			InitTimeout:      10 * time.Second,
 			MaxResponseBytes: 6 << 20,
@@ -222,6 +228,9 @@ func (c *upConfig) validate() error {
 	}
 	if err := c.Identity.validate(); err != nil {
 		return err
+	}
+	if c.Worker.Egress != "enforce" && c.Worker.Egress != "off" {
+		return fmt.Errorf("worker.egress %q: want enforce or off", c.Worker.Egress)
 	}
 	if c.Worker.Sandbox != "process" {
 		return fmt.Errorf("worker.sandbox %q: only \"process\" is available in this build", c.Worker.Sandbox)

@@ -17,9 +17,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -898,16 +901,18 @@ func TestCallerCancelKeepsInstance(t *testing.T) {
 
 // TestNoPlaintextAPI: the API is served over TLS only. Plain HTTP to the
 // API port gets no answer from the API, and the plain health listener
-// serves /healthz and /metrics and nothing else — not even to a function
-// instance on the same machine.
+// serves /healthz and /metrics and nothing else; a function instance may
+// not even connect to it (egress: only the gateway's API ports).
 func TestNoPlaintextAPI(t *testing.T) {
 	tp := startTest(t, t.TempDir(), nil)
 	tp.deployFixture("sneaky", nil)
+	if r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "get", "path": "http://" + tp.p.httpAddr + "/v1/functions"}); r.Data != "400" {
+		t.Errorf("function GET over plain HTTP to the API port: got %q (%s), want 400", r.Data, r.Err)
+	}
+	if r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "get", "path": "http://" + tp.p.healthAddr + "/metrics"}); !strings.Contains(r.Err, "operation not permitted") {
+		t.Errorf("function GET of the health listener: got %q %q, want EPERM from the egress enforcement", r.Data, r.Err)
+	}
 	for _, u := range []string{"http://" + tp.p.httpAddr + "/v1/functions", "http://" + tp.p.healthAddr + "/v1/functions", "http://" + tp.p.healthAddr + "/function/sneaky"} {
-		r, _ := tp.invokeFixture("sneaky", map[string]any{"action": "get", "path": u})
-		if r.Data != "400" && r.Data != "404" {
-			t.Errorf("function GET %s: got %q (%s), want 400 or 404", u, r.Data, r.Err)
-		}
 		resp, err := http.Get(u)
 		if err != nil {
 			t.Fatal(err)
@@ -1489,5 +1494,94 @@ func TestAuditTrailEndToEnd(t *testing.T) {
 	os.WriteFile(export, []byte(strings.Join(lines, "\n")), 0o600)
 	if out, err := tp.cli("audit", "verify", export, "--key", keyFile); err == nil || !strings.Contains(out+err.Error(), "seq") {
 		t.Fatalf("verify of an edited export: %v\n%s", err, out)
+	}
+}
+
+// TestEgressEndToEnd: an instance reaches only what zfaas.egress allows;
+// a pushed revision switches the rules of the running (warm) instance; the
+// kernel's denies land in the audit trail with the function's SPIFFE ID
+// and the revision.
+func TestEgressEndToEnd(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	serve := func() (string, string) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }))
+		t.Cleanup(srv.Close)
+		u, _ := url.Parse(srv.URL)
+		return srv.URL, u.Port()
+	}
+	urlA, portA := serve()
+	urlB, portB := serve()
+	push := func(ports ...string) {
+		t.Helper()
+		dir := t.TempDir()
+		if err := os.CopyFS(dir, os.DirFS("../../policies")); err != nil {
+			t.Fatal(err)
+		}
+		// The shipped tests pin the shipped data; this revision changes it.
+		os.Remove(filepath.Join(dir, "zfaas", "config", "config_test.rego"))
+		dataPath := filepath.Join(dir, "zfaas", "config", "data.json")
+		raw, _ := os.ReadFile(dataPath)
+		var data map[string]any
+		if err := json.Unmarshal(raw, &data); err != nil {
+			t.Fatal(err)
+		}
+		var ps []any
+		for _, p := range ports {
+			n, _ := strconv.Atoi(p)
+			ps = append(ps, n)
+		}
+		data["egress"] = map[string]any{"default/fx": []any{map[string]any{"cidrs": []any{"127.0.0.1/32"}, "ports": ps, "protocol": "tcp"}}}
+		raw, _ = json.Marshal(data)
+		os.WriteFile(dataPath, raw, 0o644)
+		if out, err := tp.cli("policy", "push", dir); err != nil {
+			t.Fatalf("push: %v\n%s", err, out)
+		}
+	}
+	get := func(u string) fixtureResult {
+		r, _ := tp.invokeFixture("fx", map[string]any{"action": "get", "path": u})
+		return r
+	}
+	push(portA)
+	tp.deployFixture("fx", nil)
+	first := get(urlA)
+	if first.Data != "418" {
+		t.Fatalf("allowed destination: got %q %q, want 418", first.Data, first.Err)
+	}
+	if r := get(urlB); !strings.Contains(r.Err, "operation not permitted") {
+		t.Fatalf("denied destination: got %q %q, want EPERM", r.Data, r.Err)
+	}
+	// A new revision allows B: the same warm instance now reaches it.
+	push(portA, portB)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := get(urlB)
+		if r.Data == "418" {
+			if r.Instance != first.Instance {
+				t.Fatalf("the rules changed by replacing the instance (%s → %s), want the same instance", first.Instance, r.Instance)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the push B is still refused: %q %q", r.Data, r.Err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := get(urlA); r.Data != "418" {
+		t.Fatalf("A after the push: %q %q", r.Data, r.Err)
+	}
+	// The earlier deny is in the audit trail, with the function's ID.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, err := tp.cli("audit", "export", "--kind", "egress.deny")
+		if err != nil {
+			t.Fatalf("audit export: %v\n%s", err, out)
+		}
+		if strings.Contains(out, `"actor":"spiffe://zfaas.local/ns/default/fn/fx"`) && strings.Contains(out, "127.0.0.1:"+portB) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no egress.deny record for fx → %s:\n%s", portB, out)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

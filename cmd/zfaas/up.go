@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,10 +29,12 @@ import (
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/audit"
+	"github.com/zfaas/zfaas/bpf"
 	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/policyd/extauthz"
+	"github.com/zfaas/zfaas/runtime/egress"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
 	"github.com/zfaas/zfaas/runtime/svid"
 	"github.com/zfaas/zfaas/runtime/worker"
@@ -161,11 +165,16 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 // platform is the all-in-one composition root: embedded NATS, gateway and
 // one local worker.
 type platform struct {
-	cfg      upConfig
-	log      *slog.Logger
-	store    *store.Store
-	policy   *policyd.Engine
-	audit    *audit.Log // nil when audit.enabled is false
+	cfg    upConfig
+	log    *slog.Logger
+	store  *store.Store
+	policy *policyd.Engine
+	audit  *audit.Log // nil when audit.enabled is false
+	// egress enforces zfaas.egress on instances; nil when worker.egress
+	// is off.
+	egress *egressBinding
+	// swapped is called when another policy revision activates.
+	swapped  atomic.Pointer[func(int64)]
 	worker   *worker.Worker
 	identity *svid.Provider
 	gateway  *gateway.Gateway
@@ -258,8 +267,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Logger:      log,
 		Default:     shipped,
 		DecisionLog: cfg.Policy.DecisionLog,
-		VerifyKey:   verifyKey,
-		KeyID:       cfg.Policy.KeyID,
+		OnSwap: func(rev int64) {
+			if f := p.swapped.Load(); f != nil {
+				(*f)(rev)
+			}
+		},
+		VerifyKey: verifyKey,
+		KeyID:     cfg.Policy.KeyID,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
@@ -344,6 +358,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 			log.Warn("the plain health listener is reachable beyond loopback: /metrics shows function names and counts to anyone who reaches it", "health_listen", p.healthAddr)
 		}
 	}
+	if cfg.Worker.Egress == "enforce" {
+		if err := p.startEgress(bg, driver.CgroupV2Parent()); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Warn("development: egress is not enforced (worker.egress: off): function instances have the host's network")
+	}
 	p.worker, err = worker.New(worker.Config{
 		DataDir:          filepath.Join(cfg.DataDir, "worker"),
 		Driver:           driver,
@@ -356,6 +377,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Observer:         p.gateway.Observer(),
 		Logger:           log,
 		Identity:         p.identity,
+		Egress:           p.workerEgress(),
 		Env:              p.gatewayEnv(),
 	})
 	if err != nil {
@@ -471,6 +493,10 @@ func (p *platform) close(ctx context.Context) error {
 		if p.worker != nil {
 			errs = append(errs, p.worker.Close(ctx))
 		}
+		if p.egress != nil {
+			// Enforcement stays pinned in the kernel; a restart adopts it.
+			errs = append(errs, p.egress.enf.Close())
+		}
 		if p.identity != nil {
 			errs = append(errs, p.identity.Close())
 		}
@@ -533,6 +559,48 @@ func (p *platform) gatewayEnv() []string {
 		env = append(env, "ZFAAS_GATEWAY_GRPC="+p.grpcAddr)
 	}
 	return env
+}
+
+// startEgress opens the kernel enforcer at the instances' parent cgroup
+// (deny by default for instances without rules) and the rule controller.
+func (p *platform) startEgress(ctx context.Context, cgroupParent string) error {
+	enf, err := bpf.Open(bpf.Config{CgroupParent: cgroupParent, DenyUnknown: true, Logger: p.log})
+	if err != nil {
+		return fmt.Errorf("egress enforcement: %w (on a host without eBPF, set worker.egress: off for development)", err)
+	}
+	ctl, err := egress.New(egress.Config{Enforcer: enf, Logger: p.log})
+	if err != nil {
+		enf.Close()
+		return fmt.Errorf("egress: %w", err)
+	}
+	var always []netip.AddrPort
+	for _, a := range []string{p.httpAddr, p.grpcAddr} {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			continue
+		}
+		if ap.Addr().IsUnspecified() {
+			always = append(always, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()), netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port()))
+		} else {
+			always = append(always, ap)
+		}
+	}
+	p.egress = &egressBinding{enf: enf, ctl: ctl, policy: p.policy, td: p.td, log: p.log, audit: p.audit,
+		always: platformRules(always), live: map[uint64]worker.EgressSpec{}}
+	swap := p.egress.onSwap
+	p.swapped.Store(&swap)
+	go func() { _ = ctl.Run(ctx) }()
+	go func() { _ = p.egress.events(ctx) }()
+	p.log.Info("egress enforced by eBPF", "cgroup_parent", cgroupParent, "platform", always)
+	return nil
+}
+
+// workerEgress is the worker's egress hook; nil when enforcement is off.
+func (p *platform) workerEgress() worker.Egress {
+	if p.egress == nil {
+		return nil
+	}
+	return p.egress
 }
 
 // auditLog is the gateway's view of the audit trail; nil when it is off.

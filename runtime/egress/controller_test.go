@@ -2,6 +2,7 @@ package egress
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -318,5 +319,21 @@ func TestMalformedRulesDropped(t *testing.T) {
 	}
 	if got := rec.rules(3); !slices.Equal(got, []string{"tcp 192.0.2.0/24/443"}) {
 		t.Errorf("applied: got %q", got)
+	}
+}
+
+// TestDecodeNumberTypes: ports arrive as float64 (encoding/json) or
+// json.Number (OPA results); both decode, a fraction in either is refused.
+func TestDecodeNumberTypes(t *testing.T) {
+	for _, p := range []any{float64(443), json.Number("443"), 443} {
+		rules, errs := Decode([]any{map[string]any{"cidrs": []any{"10.0.0.0/8"}, "ports": []any{p}, "protocol": "tcp"}})
+		if len(errs) != 0 || len(rules) != 1 || rules[0].Ports[0] != 443 {
+			t.Errorf("port %#v: rules %v errs %v", p, rules, errs)
+		}
+	}
+	for _, p := range []any{443.5, json.Number("443.5"), "443"} {
+		if rules, errs := Decode([]any{map[string]any{"cidrs": []any{"10.0.0.0/8"}, "ports": []any{p}, "protocol": "tcp"}}); len(rules) != 0 || len(errs) != 1 {
+			t.Errorf("port %#v: rules %v errs %v, want it dropped", p, rules, errs)
+		}
 	}
 }

@@ -140,10 +140,25 @@ func decodeOne(item any) (Rule, error) {
 	// become 443.
 	if ports, ok := obj["ports"].([]any); ok {
 		for _, p := range ports {
-			if f, ok := p.(float64); !ok || f != float64(int(f)) {
+			if !isInteger(p) {
 				return Rule{}, fmt.Errorf("%w: port %v is not an integer", ErrMalformed, p)
 			}
 		}
 	}
 	return r, nil
+}
+
+// isInteger reports whether a decoded JSON number (float64 from
+// encoding/json, json.Number from OPA, or a Go integer) is integral.
+func isInteger(v any) bool {
+	switch n := v.(type) {
+	case float64:
+		return n == float64(int64(n))
+	case json.Number:
+		_, err := n.Int64()
+		return err == nil
+	case int, int64, int32, uint16:
+		return true
+	}
+	return false
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"path"
 	"slices"
 	"strconv"
@@ -229,7 +230,13 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	var beforeStart func(context.Context, string) error
 	if w.cfg.Egress != nil {
 		beforeStart = func(ctx context.Context, cg string) error {
-			detach, err := w.cfg.Egress.Attach(ctx, EgressSpec{InstanceID: inst.id, Tenant: v.Tenant, Function: v.Function, CgroupDir: cg})
+			spec := EgressSpec{InstanceID: inst.id, Tenant: v.Tenant, Function: v.Function, CgroupDir: cg}
+			if inst.rt != nil {
+				if ap, err := netip.ParseAddrPort(inst.rt.Addr()); err == nil {
+					spec.Platform = append(spec.Platform, ap)
+				}
+			}
+			detach, err := w.cfg.Egress.Attach(ctx, spec)
 			if err != nil {
 				return fmt.Errorf("egress: %w", err)
 			}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -89,6 +90,9 @@ type EgressSpec struct {
 	Function   string
 	// CgroupDir is the instance's cgroup v2 directory (absolute host path).
 	CgroupDir string
+	// Platform are TCP addresses the instance must reach whatever its
+	// policy says: its own Lambda Runtime API.
+	Platform []netip.AddrPort
 }
 
 // Where the endpoint appears inside the sandbox.

@@ -572,3 +572,10 @@ func (d *Driver) spawn(spec sandbox.Spec, cg *instanceCgroups) (*exec.Cmd, *init
 	}
 	return cmd, pipes, nil
 }
+
+// CgroupV2Parent returns the cgroup v2 directory under which every
+// instance's cgroup is created (absolute host path), where programs that
+// act on all instances (eBPF egress enforcement) attach once.
+func (d *Driver) CgroupV2Parent() string {
+	return filepath.Join(d.cg.unified, d.cg.parent)
+}

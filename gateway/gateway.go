@@ -57,6 +57,9 @@ type Config struct {
 	// Users, when set, issues SVIDs for users at /v1/identity/users/{name}
 	// and for policy engines at /v1/identity/policyd/{name}.
 	Users SVIDIssuer
+	// Egress, when set, serves the egress rules in force at
+	// /v1/functions/{name}/egress.
+	Egress EgressInspector
 	// Audit, when set, serves the audit trail at /v1/audit/export and its
 	// checkpoint verifier keys at /v1/audit/keys.
 	Audit AuditLog
@@ -224,6 +227,9 @@ func (g *Gateway) routes() {
 	m.HandleFunc("DELETE /v1/functions/{name}/aliases/{alias}", g.handleDeleteAlias)
 	m.HandleFunc("POST /v1/functions/{target}/invoke", g.handleInvoke)
 	m.HandleFunc("GET /v1/functions/{name}/logs", g.handleLogs)
+	if g.cfg.Egress != nil {
+		m.HandleFunc("GET /v1/functions/{name}/egress", g.handleEgress)
+	}
 	if g.cfg.Bundle != nil {
 		m.HandleFunc("GET /v1/identity/bundle", g.handleBundle)
 	}

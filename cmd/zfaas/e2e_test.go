@@ -1569,6 +1569,20 @@ func TestEgressEndToEnd(t *testing.T) {
 	if r := get(urlA); r.Data != "418" {
 		t.Fatalf("A after the push: %q %q", r.Data, r.Err)
 	}
+	// The deny is counted per function.
+	resp, err := http.Get("http://" + tp.p.healthAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `zfaas_egress_denied_total{function="fx",reason="connect"}`) {
+		t.Errorf("metrics lack the egress deny counter:\n%s", metrics)
+	}
+	// The rules in force, as the CLI shows them.
+	if out, err := tp.cli("fn", "egress", "fx"); err != nil || !strings.Contains(out, "tcp 127.0.0.1/32/"+portB) || !strings.Contains(out, first.Instance) {
+		t.Fatalf("fn egress: %v\n%s", err, out)
+	}
 	// The earlier deny is in the audit trail, with the function's ID.
 	deadline = time.Now().Add(10 * time.Second)
 	for {

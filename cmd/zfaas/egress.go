@@ -6,14 +6,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/audit"
 	"github.com/zfaas/zfaas/bpf"
+	"github.com/zfaas/zfaas/gateway"
 	"github.com/zfaas/zfaas/identity"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/runtime/egress"
@@ -36,8 +41,53 @@ type egressBinding struct {
 	// gateway's listeners), whatever its policy says.
 	always []egress.Rule
 
+	// denied counts kernel denies by function and reason.
+	denied *prometheus.CounterVec
+
 	mu   sync.Mutex
 	live map[uint64]worker.EgressSpec // cgroup id → instance
+}
+
+// newDeniedCounter registers zfaas_egress_denied_total on reg.
+func newDeniedCounter(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "zfaas_egress_denied_total",
+		Help: "Connections, datagrams, sockets and TLS server names the kernel refused to function instances, by function and reason.",
+	}, []string{"function", "reason"})
+	reg.MustRegister(c)
+	return c
+}
+
+// EgressView implements gateway.EgressInspector.
+func (e *egressBinding) EgressView(ctx context.Context, tenant, function string) (api.EgressView, error) {
+	v := api.EgressView{Function: function, Rules: []map[string]any{}, Instances: []api.EgressInstance{}}
+	raw, rev, err := e.policy.EgressRules(ctx, map[string]any{"function": map[string]any{"tenant": tenant, "name": function}})
+	if err != nil {
+		return v, fmt.Errorf("egress rules: %w", err)
+	}
+	v.Revision = rev
+	v.Rules = raw
+	e.mu.Lock()
+	var cgids []uint64
+	for cgid, spec := range e.live {
+		if spec.Tenant == tenant && spec.Function == function {
+			cgids = append(cgids, cgid)
+		}
+	}
+	e.mu.Unlock()
+	for _, cgid := range cgids {
+		meta, rules, ok := e.enf.Rules(cgid)
+		if !ok {
+			continue
+		}
+		in := api.EgressInstance{Instance: meta.Instance, Revision: meta.Revision, InForce: []string{}}
+		for _, r := range rules {
+			in.InForce = append(in.InForce, r.String())
+		}
+		v.Instances = append(v.Instances, in)
+	}
+	slices.SortFunc(v.Instances, func(a, b api.EgressInstance) int { return strings.Compare(a.Instance, b.Instance) })
+	return v, nil
 }
 
 var _ worker.Egress = (*egressBinding)(nil)
@@ -137,6 +187,11 @@ func (e *egressBinding) events(ctx context.Context) error {
 		dst := ""
 		if ev.Dst.IsValid() {
 			dst = ev.Dst.String()
+		}
+		if _, _, name, ok := gateway.ParseSPIFFEID(ev.Meta.SPIFFEID); ok {
+			e.denied.WithLabelValues(name, ev.Reason.String()).Inc()
+		} else {
+			e.denied.WithLabelValues("", ev.Reason.String()).Inc()
 		}
 		e.log.Info("egress denied", "spiffe_id", ev.Meta.SPIFFEID, "instance", ev.Meta.Instance, "revision", ev.Meta.Revision,
 			"reason", ev.Reason.String(), "dst", dst, "sni", ev.SNI, "pid", ev.PID)

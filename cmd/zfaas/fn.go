@@ -86,6 +86,7 @@ Commands:
   alias rm NAME ALIAS                    delete an alias
   invoke NAME[:QUALIFIER]                invoke synchronously
   logs NAME [-f]                         show function output
+  egress NAME                            show the egress rules: the policy's and those in force
 `
 
 func runFn(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
@@ -111,6 +112,8 @@ func runFn(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 		return fnInvoke(ctx, args, getenv, stdout, stderr)
 	case "logs":
 		return fnLogs(ctx, args, getenv, stdout, stderr)
+	case "egress":
+		return fnEgress(ctx, args, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, fnUsage)
 		return nil
@@ -443,6 +446,45 @@ func fnVersions(ctx context.Context, args []string, getenv env, stdout, stderr i
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%dMB\t%s\t%s\t%s\n", v.Version, v.Config.Runtime, v.Config.Handler, v.Config.MemoryMB, short(v.PackageDigest), v.CreatedAt.Local().Format(time.DateTime), v.Description)
 	}
 	return tw.Flush()
+}
+
+func fnEgress(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {
+	fs := newFlagSet("zfaas fn egress", "zfaas fn egress NAME [-o json]", stderr)
+	cf, pos, c, err := clientArgs(fs, args, 1, getenv)
+	if err != nil {
+		return err
+	}
+	v, err := c.Egress(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if cf.output == "json" {
+		return printJSON(stdout, v)
+	}
+	fmt.Fprintf(stdout, "Function %s, policy revision %d\n", v.Function, v.Revision)
+	if len(v.Rules) == 0 {
+		fmt.Fprintln(stdout, "Policy rules: none (no egress beyond the platform)")
+	} else {
+		fmt.Fprintln(stdout, "Policy rules:")
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PROTOCOL\tPORTS\tCIDRS\tHOSTS\tSNI")
+		for _, r := range v.Rules {
+			fmt.Fprintf(tw, "  %v\t%v\t%v\t%v\t%v\n", r["protocol"], r["ports"], r["cidrs"], r["hosts"], r["sni"])
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(v.Instances) == 0 {
+		fmt.Fprintln(stdout, "No running instances.")
+	}
+	for _, in := range v.Instances {
+		fmt.Fprintf(stdout, "Instance %s (revision %s), in force:\n", in.Instance, in.Revision)
+		for _, r := range in.InForce {
+			fmt.Fprintf(stdout, "  %s\n", r)
+		}
+	}
+	return nil
 }
 
 func fnAlias(ctx context.Context, args []string, getenv env, stdout, stderr io.Writer) error {

@@ -47,6 +47,7 @@ Function commands:
   zfaas fn alias rm NAME ALIAS
   zfaas fn invoke NAME[:QUALIFIER] [--data JSON|@FILE]
   zfaas fn logs NAME [-f] [--since 1h]
+  zfaas fn egress NAME
 
 Run 'zfaas <command> -h' for a command's flags.
 `

@@ -327,6 +327,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Registerer:            reg,
 		LogRetention:          cfg.Gateway.LogRetention,
 		Audit:                 p.auditLog(),
+		Egress:                p.egressInspector(),
 	})
 	if err != nil {
 		return nil, err
@@ -359,7 +360,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		}
 	}
 	if cfg.Worker.Egress == "enforce" {
-		if err := p.startEgress(bg, driver.CgroupV2Parent()); err != nil {
+		if err := p.startEgress(bg, driver.CgroupV2Parent(), reg); err != nil {
 			return nil, err
 		}
 	} else {
@@ -563,7 +564,7 @@ func (p *platform) gatewayEnv() []string {
 
 // startEgress opens the kernel enforcer at the instances' parent cgroup
 // (deny by default for instances without rules) and the rule controller.
-func (p *platform) startEgress(ctx context.Context, cgroupParent string) error {
+func (p *platform) startEgress(ctx context.Context, cgroupParent string, reg prometheus.Registerer) error {
 	enf, err := bpf.Open(bpf.Config{CgroupParent: cgroupParent, DenyUnknown: true, Logger: p.log})
 	if err != nil {
 		return fmt.Errorf("egress enforcement: %w (on a host without eBPF, set worker.egress: off for development)", err)
@@ -586,13 +587,31 @@ func (p *platform) startEgress(ctx context.Context, cgroupParent string) error {
 		}
 	}
 	p.egress = &egressBinding{enf: enf, ctl: ctl, policy: p.policy, td: p.td, log: p.log, audit: p.audit,
-		always: platformRules(always), live: map[uint64]worker.EgressSpec{}}
+		always: platformRules(always), live: map[uint64]worker.EgressSpec{}, denied: newDeniedCounter(reg)}
 	swap := p.egress.onSwap
 	p.swapped.Store(&swap)
 	go func() { _ = ctl.Run(ctx) }()
 	go func() { _ = p.egress.events(ctx) }()
 	p.log.Info("egress enforced by eBPF", "cgroup_parent", cgroupParent, "platform", always)
 	return nil
+}
+
+// egressInspector lets the gateway show the rules in force; the binding
+// is made after the gateway (it needs the gateway's addresses).
+func (p *platform) egressInspector() gateway.EgressInspector {
+	if p.cfg.Worker.Egress != "enforce" {
+		return nil
+	}
+	return lateEgress{p}
+}
+
+type lateEgress struct{ p *platform }
+
+func (l lateEgress) EgressView(ctx context.Context, tenant, function string) (api.EgressView, error) {
+	if l.p.egress == nil {
+		return api.EgressView{}, errors.New("egress enforcement is not running")
+	}
+	return l.p.egress.EgressView(ctx, tenant, function)
 }
 
 // workerEgress is the worker's egress hook; nil when enforcement is off.

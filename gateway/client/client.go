@@ -303,6 +303,14 @@ func (c *Client) TrustBundle(ctx context.Context, format string) ([]byte, error)
 	return b, err
 }
 
+// Egress returns the function's egress rules: the policy's and those in
+// force for each running instance.
+func (c *Client) Egress(ctx context.Context, name string) (api.EgressView, error) {
+	var v api.EgressView
+	err := c.do(ctx, http.MethodGet, "/v1/functions/"+url.PathEscape(name)+"/egress", nil, nil, "", &v)
+	return v, err
+}
+
 // IssueUser asks the gateway to sign an X.509-SVID for user name over the
 // key of csrPEM (a PEM CERTIFICATE REQUEST); it returns the chain as PEM.
 func (c *Client) IssueUser(ctx context.Context, name string, csrPEM []byte) ([]byte, error) {

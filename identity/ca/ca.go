@@ -12,6 +12,17 @@
 // Config.Clock, so tests drive rotation by moving a fake clock and calling
 // Rotate.
 //
+// Suites: the standard suite has one ECDSA P-256 authority per generation.
+// The gm suite (Config.Suite = SuiteGM) keeps that authority, so standard
+// TLS peers and go-spiffe keep working, and pairs it with a self-signed SM2
+// authority of the same validity that signs the GM double SVIDs
+// (MintGMSVID: an SM2 signing and an SM2 encryption certificate with the
+// same SPIFFE ID). The SM2 authority is created, published, activated and
+// retired together with its ECDSA partner, so it follows the same rotation
+// story. Turning the gm suite on for an existing CA gives every unexpired
+// authority an SM2 partner at the next Rotate (valid from then on until
+// the partner's expiry).
+//
 // The CA never hands out private keys of its own, never signs a CA
 // certificate for anyone else, and never issues an SVID outside its trust
 // domain.
@@ -37,6 +48,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -71,6 +83,21 @@ var (
 	// ErrTrustDomain is returned by New when the state on disk belongs to
 	// another trust domain.
 	ErrTrustDomain = errors.New("ca state of another trust domain")
+	// ErrGMDisabled is returned by MintGMSVID when the CA does not run the
+	// gm suite.
+	ErrGMDisabled = errors.New("gm suite not enabled")
+)
+
+// Suite selects the algorithms of a CA.
+type Suite string
+
+const (
+	// SuiteStandard issues ECDSA P-256 X509-SVIDs and ES256 JWT-SVIDs.
+	SuiteStandard Suite = "standard"
+	// SuiteGM adds an SM2 authority and GM double SVIDs (SM2 signing and
+	// encryption certificates, SM2-with-SM3 signatures) to everything the
+	// standard suite issues.
+	SuiteGM Suite = "gm"
 )
 
 // Config configures a CA. Zero durations take the defaults.
@@ -96,6 +123,9 @@ type Config struct {
 	RotateInterval time.Duration
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
+	// Suite is SuiteStandard ("" means standard) or SuiteGM. The gm suite
+	// needs a KeyStore that implements SM2KeyStore (DiskKeyStore does).
+	Suite Suite
 }
 
 // CA is a SPIFFE certificate authority. It is safe for concurrent use.
@@ -124,6 +154,11 @@ type authority struct {
 	jwtKeyName  string
 	kid         string
 	activateAt  time.Time
+
+	// The SM2 partner authority (gm suite), nil when there is none.
+	gmCert    *smx509.Certificate
+	gmKey     Signer
+	gmKeyName string
 }
 
 // New builds a CA from cfg, loading the state left in cfg.Dir by an earlier
@@ -149,6 +184,13 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	if cfg.X509TTL < 0 || cfg.JWTTTL < 0 || cfg.CATTL < 0 || cfg.RotateInterval < 0 {
 		return nil, errors.New("ca config: durations must be positive")
+	}
+	switch cfg.Suite {
+	case "":
+		cfg.Suite = SuiteStandard
+	case SuiteStandard, SuiteGM:
+	default:
+		return nil, fmt.Errorf("ca config: unknown suite %q (want standard or gm)", cfg.Suite)
 	}
 	if cfg.CATTL < 6*cfg.X509TTL || cfg.CATTL < 6*cfg.JWTTTL {
 		return nil, fmt.Errorf("ca config: ca_ttl %v must be at least 6 times the svid ttls (%v, %v)", cfg.CATTL, cfg.X509TTL, cfg.JWTTTL)
@@ -181,6 +223,10 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		}
 		c.keys, c.ownsKeys = ks, ks
 	}
+	if _, ok := c.keys.(SM2KeyStore); cfg.Suite == SuiteGM && !ok {
+		c.Close()
+		return nil, fmt.Errorf("ca config: suite gm needs a key store that can create sm2 keys, %T cannot", c.keys)
+	}
 	if err := c.load(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -205,6 +251,9 @@ func (c *CA) Close() error {
 // TrustDomain returns the trust domain the CA signs for.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 
+// Suite returns the CA's suite, SuiteStandard or SuiteGM.
+func (c *CA) Suite() Suite { return c.cfg.Suite }
+
 // Run calls Rotate every Config.RotateInterval until ctx is done. Rotation
 // errors are logged and retried; Run returns nil when ctx ends.
 func (c *CA) Run(ctx context.Context) error {
@@ -228,7 +277,8 @@ func (c *CA) Changed() <-chan struct{} { return c.changed.Wait() }
 
 // Rotate brings the authorities up to date with the clock: it drops expired
 // ones, prepares and publishes a successor at half of the active one's life,
-// and creates a fresh authority if none is active. Any change bumps the
+// creates a fresh authority if none is active and, under the gm suite,
+// gives every authority without one an SM2 partner. Any change bumps the
 // generation and wakes Changed waiters.
 func (c *CA) Rotate(ctx context.Context) error {
 	now := c.now()
@@ -291,6 +341,19 @@ func (c *CA) rotateLocked(ctx context.Context, now time.Time) (bool, error) {
 		changed = true
 		c.log.Info("ca successor published", "serial", serialHex(a.cert), "activate_at", at)
 	}
+	if c.cfg.Suite == SuiteGM {
+		for _, a := range c.auths {
+			if a.gmCert != nil {
+				continue
+			}
+			// An authority from before the gm suite was turned on.
+			if err := c.addGM(ctx, a, now); err != nil {
+				return changed, c.finish(changed, err)
+			}
+			changed = true
+			c.log.Info("ca sm2 authority added", "serial", serialHex(a.cert), "sm2_serial", a.gmCert.SerialNumber.Text(16))
+		}
+	}
 	if act := c.activeLocked(now); act != nil && serialHex(act.cert) != c.active {
 		c.active = serialHex(act.cert)
 		changed = true
@@ -316,7 +379,10 @@ func (c *CA) finish(changed bool, err error) error {
 }
 
 func (c *CA) deleteKeys(ctx context.Context, a *authority) {
-	for _, name := range []string{a.x509KeyName, a.jwtKeyName} {
+	for _, name := range []string{a.x509KeyName, a.jwtKeyName, a.gmKeyName} {
+		if name == "" {
+			continue
+		}
 		if err := c.keys.DeleteKey(ctx, name); err != nil {
 			c.log.Warn("delete expired ca key", "key", name, "err", err)
 		}
@@ -419,6 +485,12 @@ func (c *CA) newAuthority(ctx context.Context, now, activateAt time.Time) (*auth
 		c.deleteKeys(ctx, a)
 		return nil, fmt.Errorf("parse ca certificate: %w", err)
 	}
+	if c.cfg.Suite == SuiteGM {
+		if err := c.addGM(ctx, a, now); err != nil {
+			c.deleteKeys(ctx, a)
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -429,6 +501,11 @@ type Bundles struct {
 	X509 *x509bundle.Bundle
 	// JWT holds every unexpired JWT signing key by key ID.
 	JWT *jwtbundle.Bundle
+	// GM holds the SM2 authorities (gm suite only; nil otherwise): every
+	// unexpired one, including a prepared successor, oldest first. They
+	// verify GM double SVIDs; crypto/x509 cannot parse them, so they are
+	// not in X509.
+	GM []*smx509.Certificate
 	// Generation increases whenever the bundles or the active authority
 	// change.
 	Generation uint64
@@ -447,6 +524,9 @@ func (c *CA) Bundles() Bundles {
 		}
 		b.X509.AddX509Authority(a.cert)
 		_ = b.JWT.AddJWTAuthority(a.kid, a.jwtKey.Public()) // kid is never empty
+		if c.cfg.Suite == SuiteGM && a.gmCert != nil && now.Before(a.gmCert.NotAfter) {
+			b.GM = append(b.GM, a.gmCert)
+		}
 	}
 	return b
 }

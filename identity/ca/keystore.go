@@ -14,13 +14,18 @@ import (
 	"io/fs"
 	"os"
 	"regexp"
+
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
 )
 
 // Signer is a private key the CA can sign with without seeing it: the disk
 // key store returns an *ecdsa.PrivateKey, an HSM, a KMS or an upstream
 // authority can return a handle. Any crypto.Signer satisfies it. The key
-// algorithm is the signer's business; the CA currently accepts ECDSA P-256
-// public keys only (SM2 arrives with the gm suite).
+// algorithm is the signer's business; the CA accepts ECDSA P-256 keys for
+// its standard authorities and, under the gm suite, SM2 keys (public key on
+// sm2.P256) for its SM2 authorities. An SM2 signer must produce SM2
+// signatures over the message the way *sm2.PrivateKey does for smx509.
 type Signer interface {
 	Public() crypto.PublicKey
 	Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error)
@@ -32,6 +37,14 @@ type KeyStore interface {
 	GenerateKey(ctx context.Context, name string) (Signer, error)
 	LoadKey(ctx context.Context, name string) (Signer, error)
 	DeleteKey(ctx context.Context, name string) error
+}
+
+// SM2KeyStore is a KeyStore that can also create SM2 keys. The CA needs it
+// for the gm suite (Config.Suite == SuiteGM); LoadKey and DeleteKey serve
+// both kinds by name.
+type SM2KeyStore interface {
+	KeyStore
+	GenerateSM2Key(ctx context.Context, name string) (Signer, error)
 }
 
 var (
@@ -46,14 +59,14 @@ var (
 
 var keyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)
 
-// DiskKeyStore keeps ECDSA P-256 keys as PKCS#8 PEM files, mode 0600, in a
-// directory of mode 0700. All file access goes through an os.Root so a name
+// DiskKeyStore keeps ECDSA P-256 and SM2 keys as PKCS#8 PEM files, mode
+// 0600, in a directory of mode 0700. All file access goes through an os.Root so a name
 // can never escape the directory. It is safe for concurrent use.
 type DiskKeyStore struct {
 	root *os.Root
 }
 
-var _ KeyStore = (*DiskKeyStore)(nil)
+var _ SM2KeyStore = (*DiskKeyStore)(nil)
 
 // NewDiskKeyStore opens (creating it if needed) dir as a key directory. An
 // existing directory whose mode allows group or other access is tightened
@@ -103,14 +116,44 @@ func (s *DiskKeyStore) GenerateKey(_ context.Context, name string) (Signer, erro
 	if err != nil {
 		return nil, fmt.Errorf("marshal key %s: %w", name, err)
 	}
-	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err := writeFileAtomic(s.root, file, data, true); err != nil {
-		return nil, fmt.Errorf("write key %s: %w", name, err)
+	if err := s.write(name, file, der); err != nil {
+		return nil, err
 	}
 	return key, nil
 }
 
-// LoadKey reads a key written by GenerateKey. It fails with
+// GenerateSM2Key creates a new SM2 key (an *sm2.PrivateKey), writes it 0600
+// as PKCS#8 (algorithm id-ecPublicKey on the sm2p256v1 curve, the form
+// smx509.MarshalPKCS8PrivateKey writes) and returns it. It refuses to
+// overwrite an existing key.
+func (s *DiskKeyStore) GenerateSM2Key(_ context.Context, name string) (Signer, error) {
+	file, err := keyFile(name)
+	if err != nil {
+		return nil, err
+	}
+	key, err := sm2.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate sm2 key %s: %w", name, err)
+	}
+	der, err := smx509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("marshal sm2 key %s: %w", name, err)
+	}
+	if err := s.write(name, file, der); err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+func (s *DiskKeyStore) write(name, file string, pkcs8 []byte) error {
+	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})
+	if err := writeFileAtomic(s.root, file, data, true); err != nil {
+		return fmt.Errorf("write key %s: %w", name, err)
+	}
+	return nil
+}
+
+// LoadKey reads a key written by GenerateKey or GenerateSM2Key. It fails with
 // ErrKeyPermissions if the file mode allows group or other access and with
 // ErrKeyNotFound if there is no such key.
 func (s *DiskKeyStore) LoadKey(_ context.Context, name string) (Signer, error) {
@@ -146,7 +189,12 @@ func (s *DiskKeyStore) LoadKey(_ context.Context, name string) (Signer, error) {
 	}
 	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("parse key %s: %w", name, err)
+		// crypto/x509 does not know the SM2 curve; smx509 does.
+		sk, serr := smx509.ParsePKCS8PrivateKey(block.Bytes)
+		if _, ok := sk.(*sm2.PrivateKey); serr != nil || !ok {
+			return nil, fmt.Errorf("parse key %s: %w", name, err)
+		}
+		k = sk
 	}
 	signer, ok := k.(crypto.Signer)
 	if !ok {

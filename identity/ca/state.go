@@ -11,6 +11,8 @@ import (
 	"io"
 	"io/fs"
 	"time"
+
+	"github.com/emmansun/gmsm/smx509"
 )
 
 const stateFile = "ca-state.json"
@@ -26,6 +28,10 @@ type authorityJSON struct {
 	JWTKey     string    `json:"jwt_key"`
 	KeyID      string    `json:"kid"`
 	ActivateAt time.Time `json:"activate_at"`
+	// The SM2 partner (gm suite). Absent in state written by a standard CA
+	// and by versions before the gm suite, which still load.
+	GMCert []byte `json:"gm_cert,omitempty"` // DER
+	GMKey  string `json:"gm_key,omitempty"`
 }
 
 // load reads ca-state.json if present. Expired authorities are kept for
@@ -77,6 +83,9 @@ func (c *CA) load(ctx context.Context) error {
 			return fmt.Errorf("%w: the authorities in %s belong to another trust domain (%v), not %s; a trust domain cannot change in place: use a new data directory",
 				ErrTrustDomain, c.cfg.Dir, cert.URIs, c.td)
 		}
+		if err := c.loadGM(ctx, a, aj); err != nil {
+			return err
+		}
 		c.insert(a)
 	}
 	if act := c.activeLocked(c.now()); act != nil {
@@ -85,12 +94,44 @@ func (c *CA) load(ctx context.Context) error {
 	return nil
 }
 
+// loadGM restores a's SM2 partner, if the state has one. It is loaded (and
+// kept in the state) whatever the suite, so turning gm off and on again
+// keeps the published SM2 authorities.
+func (c *CA) loadGM(ctx context.Context, a *authority, aj authorityJSON) error {
+	if len(aj.GMCert) == 0 && aj.GMKey == "" {
+		return nil
+	}
+	if len(aj.GMCert) == 0 || aj.GMKey == "" {
+		return fmt.Errorf("%w (authority %s)", errGMState, serialHex(a.cert))
+	}
+	cert, err := smx509.ParseCertificate(aj.GMCert)
+	if err != nil {
+		return fmt.Errorf("ca state: parse sm2 certificate: %w", err)
+	}
+	if err := checkGMAuthority(cert, c.td); err != nil {
+		return err
+	}
+	key, err := c.keys.LoadKey(ctx, aj.GMKey)
+	if err != nil {
+		return fmt.Errorf("ca state: %w", err)
+	}
+	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return fmt.Errorf("ca state: key %s does not match sm2 certificate %s", aj.GMKey, cert.SerialNumber.Text(16))
+	}
+	a.gmCert, a.gmKey, a.gmKeyName = cert, key, aj.GMKey
+	return nil
+}
+
 func (c *CA) save() error {
 	st := stateJSON{Version: 1}
 	for _, a := range c.auths {
-		st.Authorities = append(st.Authorities, authorityJSON{
+		aj := authorityJSON{
 			Cert: a.cert.Raw, X509Key: a.x509KeyName, JWTKey: a.jwtKeyName, KeyID: a.kid, ActivateAt: a.activateAt.UTC(),
-		})
+		}
+		if a.gmCert != nil {
+			aj.GMCert, aj.GMKey = a.gmCert.Raw, a.gmKeyName
+		}
+		st.Authorities = append(st.Authorities, aj)
 	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

@@ -100,13 +100,5 @@ func (c *CA) ttl(req, def time.Duration) (time.Duration, error) {
 // clip returns a validity window starting slightly in the past, both ends
 // inside the authority's validity.
 func clip(now time.Time, ttl time.Duration, a *authority) (time.Time, time.Time) {
-	nb := now.Add(-backdate)
-	if nb.Before(a.cert.NotBefore) {
-		nb = a.cert.NotBefore
-	}
-	na := now.Add(ttl)
-	if na.After(a.cert.NotAfter) {
-		na = a.cert.NotAfter
-	}
-	return nb, na
+	return clipTo(now, ttl, a.cert.NotBefore, a.cert.NotAfter)
 }

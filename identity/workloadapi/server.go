@@ -10,6 +10,14 @@
 // them to re-check. The server never returns internal error text to a
 // client and never serves an SVID to a caller it has not attested on that
 // very call or stream update.
+//
+// GM suite: a server with Config.GM also delivers the GM double SVID (an
+// SM2 signing and an SM2 encryption certificate, see gm.go) on
+// FetchX509SVID, but only to a caller that asks for it with the
+// `zfaas-gm: true` metadata, as two extra X509SVID entries after the
+// standard one (hints "gm-sign" and "gm-enc"). Standard clients never see
+// SM2 certificates: go-spiffe parses every entry with crypto/x509, which
+// rejects SM2 keys.
 package workloadapi
 
 import (
@@ -54,6 +62,13 @@ type Issuer interface {
 	Changed() <-chan struct{}
 }
 
+// GMIssuer mints GM double SVIDs; *ca.CA implements it. A Server with
+// Config.GM needs an Issuer that is also a GMIssuer and whose Bundles carry
+// the SM2 authorities (Bundles.GM).
+type GMIssuer interface {
+	MintGMSVID(ctx context.Context, p ca.GMParams) (*ca.GMSVID, error)
+}
+
 // Config configures a Server.
 type Config struct {
 	// Issuer signs SVIDs. Required.
@@ -67,6 +82,9 @@ type Config struct {
 	RefreshInterval time.Duration
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
+	// GM serves the GM double SVID to callers that ask for it (GMHeader);
+	// the Issuer must implement GMIssuer.
+	GM bool
 }
 
 // Server implements workload.SpiffeWorkloadAPIServer. It is safe for
@@ -75,6 +93,7 @@ type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 
 	issuer   Issuer
+	gm       GMIssuer // nil unless Config.GM
 	attestor Attestor
 	now      func() time.Time
 	interval time.Duration
@@ -91,6 +110,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("workloadapi config: issuer and attestor are required")
 	}
 	s := &Server{issuer: cfg.Issuer, attestor: cfg.Attestor, now: cfg.Clock, interval: cfg.RefreshInterval, log: cfg.Logger}
+	if cfg.GM {
+		gm, ok := cfg.Issuer.(GMIssuer)
+		if !ok {
+			return nil, fmt.Errorf("workloadapi config: gm needs an issuer that mints gm svids, %T does not", cfg.Issuer)
+		}
+		s.gm = gm
+	}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -196,15 +222,21 @@ func unavailable(log *slog.Logger, what string, err error) error {
 // FetchX509SVID implements the Workload API.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	ctx := stream.Context()
+	wantGM := gmRequested(ctx)
+	if wantGM && s.gm == nil {
+		s.log.Debug("gm svid requested from a server without the gm suite")
+		wantGM = false
+	}
 	var (
-		cur  *ca.X509SVID
-		gen  uint64
-		sent bool
+		cur   *ca.X509SVID
+		curGM *ca.GMSVID
+		gen   uint64
+		sent  bool
 	)
 	for {
 		changed, refresh := s.issuer.Changed(), s.refresh.Wait()
 		b := s.issuer.Bundles()
-		if !sent || b.Generation != gen || s.due(cur) {
+		if !sent || b.Generation != gen || s.due(cur) || (wantGM && s.dueGM(curGM)) {
 			// Attest again on every update: a process that left the
 			// instance's cgroup gets nothing new.
 			ident, err := s.attest(ctx, "FetchX509SVID")
@@ -221,10 +253,19 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 				X509SvidKey: keyDER,
 				Bundle:      concatDER(b.X509.X509Authorities()),
 			}}}
+			var gm *ca.GMSVID
+			if wantGM {
+				var entries []*workload.X509SVID
+				gm, entries, err = s.mintGM(ctx, ident, b)
+				if err != nil {
+					return unavailable(s.log, "issue gm svid", err)
+				}
+				resp.Svids = append(resp.Svids, entries...)
+			}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
-			cur, gen, sent = svid, b.Generation, true
+			cur, curGM, gen, sent = svid, gm, b.Generation, true
 			s.log.Debug("x509-svid sent", "spiffe_id", svid.ID.String(), "instance", ident.Instance,
 				"serial", svid.Certificates[0].SerialNumber.Text(16), "not_after", svid.Certificates[0].NotAfter)
 		}
@@ -243,7 +284,11 @@ func (s *Server) due(svid *ca.X509SVID) bool {
 		return true
 	}
 	leaf := svid.Certificates[0]
-	half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	return s.pastHalf(leaf.NotBefore, leaf.NotAfter)
+}
+
+func (s *Server) pastHalf(notBefore, notAfter time.Time) bool {
+	half := notBefore.Add(notAfter.Sub(notBefore) / 2)
 	return !s.now().Before(half)
 }
 

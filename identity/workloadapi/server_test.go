@@ -58,6 +58,13 @@ type env struct {
 // test process for instances placed in its own cgroup.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvSuite(t, ca.SuiteStandard)
+}
+
+// newEnvSuite is newEnv with a CA of the given suite; under the gm suite
+// the server delivers GM double SVIDs on request.
+func newEnvSuite(t *testing.T, suite ca.Suite) *env {
+	t.Helper()
 	mount, err := workloadapi.FindCgroup2Mount("/proc/self/mountinfo")
 	if err != nil {
 		t.Skipf("no usable cgroup v2 hierarchy: %v", err)
@@ -69,14 +76,14 @@ func newEnv(t *testing.T) *env {
 	clk := &fakeClock{t: time.Now()}
 	c, err := ca.New(context.Background(), ca.Config{
 		TrustDomain: td, Dir: t.TempDir(), Clock: clk.Now,
-		X509TTL: 2 * time.Minute, CATTL: time.Hour,
+		X509TTL: 2 * time.Minute, CATTL: time.Hour, Suite: suite,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	srv, err := workloadapi.New(workloadapi.Config{
-		Issuer: c, Clock: clk.Now,
+		Issuer: c, Clock: clk.Now, GM: suite == ca.SuiteGM,
 		// The test process may sit in the root cgroup (it does on a
 		// plain host); production attestors never allow that.
 		Attestor: &workloadapi.CgroupAttestor{Mount: mount, InsecureAllowRootCgroup: own == "/"},

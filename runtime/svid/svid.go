@@ -4,6 +4,12 @@
 // mounts into that instance's sandbox. A peer gets an SVID only when its
 // process is in the instance's cgroup, so an instance can never obtain
 // another function's SVID.
+//
+// Under the gm suite (Config.Suite = ca.SuiteGM) the CA also has SM2
+// authorities: TLCPSource hands platform components a rotating SM2 double
+// SVID for TLCP (crypto/dualstack), GMBundle and VerifyTLCPPeer verify
+// peers against the SM2 authorities, and instances can ask their Workload
+// API endpoint for the GM pair (identity/workloadapi, zfaas-gm metadata).
 package svid
 
 import (
@@ -20,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -36,6 +43,7 @@ import (
 // Workload API server with a socket per instance under DIR/ep/<instance>.
 type Provider struct {
 	td       spiffeid.TrustDomain
+	now      func() time.Time
 	ca       *ca.CA
 	srv      *workloadapi.Server
 	att      *pendingCgroupAttestor
@@ -62,13 +70,19 @@ type Config struct {
 	// OnIssue, when set, is told of every SVID the Workload API mints for
 	// an instance (for the audit trail); it must not block.
 	OnIssue func(Issued)
+	// Suite is ca.SuiteStandard ("" means standard) or ca.SuiteGM, which
+	// adds SM2 authorities, TLCPSource and GM delivery on the Workload API.
+	Suite ca.Suite
+	// Clock returns the current time for the CA, the Workload API and the
+	// rotation of the sources; nil means time.Now.
+	Clock func() time.Time
 }
 
 // Issued describes one SVID handed to an instance.
 type Issued struct {
 	ID       string
-	Type     string // "x509" or "jwt"
-	Serial   string // hex, X.509 only
+	Type     string // "x509", "jwt", or "gm-sign" / "gm-enc" (the two SM2 certificates of a GM SVID)
+	Serial   string // hex, X.509 and GM only
 	Audience []string
 	NotAfter time.Time
 }
@@ -84,6 +98,19 @@ func (r recordingIssuer) MintX509SVID(ctx context.Context, p ca.X509Params) (*ca
 	if err == nil && len(s.Certificates) > 0 {
 		leaf := s.Certificates[0]
 		r.on(Issued{ID: s.ID.String(), Type: "x509", Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter})
+	}
+	return s, err
+}
+
+func (r recordingIssuer) MintGMSVID(ctx context.Context, p ca.GMParams) (*ca.GMSVID, error) {
+	s, err := r.CA.MintGMSVID(ctx, p)
+	if err == nil && len(s.Sign) > 0 && len(s.Enc) > 0 {
+		for _, c := range []struct {
+			typ  string
+			leaf *smx509.Certificate
+		}{{"gm-sign", s.Sign[0]}, {"gm-enc", s.Enc[0]}} {
+			r.on(Issued{ID: s.ID.String(), Type: c.typ, Serial: c.leaf.SerialNumber.Text(16), NotAfter: c.leaf.NotAfter})
+		}
 	}
 	return s, err
 }
@@ -122,9 +149,14 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	if err := os.Mkdir(epDir, 0o700); err != nil {
 		return nil, err
 	}
+	now := cfg.Clock
+	if now == nil {
+		now = time.Now
+	}
 	authority, err := ca.New(ctx, ca.Config{
 		TrustDomain: td, Dir: filepath.Join(dir, "ca"), Logger: log,
 		X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, CATTL: cfg.CATTL,
+		Suite: cfg.Suite, Clock: now,
 	})
 	if err != nil {
 		return nil, err
@@ -134,17 +166,20 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.OnIssue != nil {
 		issuer = recordingIssuer{CA: authority, on: cfg.OnIssue}
 	}
-	srv, err := workloadapi.New(workloadapi.Config{Issuer: issuer, Attestor: att, Logger: log})
+	srv, err := workloadapi.New(workloadapi.Config{
+		Issuer: issuer, Attestor: att, Logger: log, Clock: now,
+		GM: authority.Suite() == ca.SuiteGM,
+	})
 	if err != nil {
 		authority.Close()
 		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	i := &Provider{td: td, ca: authority, srv: srv, att: att, epDir: epDir, uid: uid, gid: gid, cancel: cancel}
+	i := &Provider{td: td, now: now, ca: authority, srv: srv, att: att, epDir: epDir, uid: uid, gid: gid, cancel: cancel}
 	for _, run := range []func(context.Context) error{authority.Run, srv.Run} {
 		i.wg.Go(func() { _ = run(bg) })
 	}
-	log.Info("workload api ready", "trust_domain", trustDomain, "endpoints", epDir)
+	log.Info("workload api ready", "trust_domain", trustDomain, "endpoints", epDir, "suite", string(authority.Suite()))
 	return i, nil
 }
 
@@ -333,7 +368,7 @@ func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
 	if r.svid != nil {
 		leaf := r.svid.Certificates[0]
 		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
-		if time.Now().Before(half) {
+		if r.p.now().Before(half) {
 			return r.svid, nil
 		}
 	}

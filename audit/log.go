@@ -389,6 +389,25 @@ func (l *Log) Append(rec Record) error {
 	}
 }
 
+// AppendWait is Append with backpressure: when the queue is full it waits
+// for room until ctx ends (then drops and counts the record, as Append
+// does at once). It does not wait for the record to be stored. Request
+// paths use it so that a burst slows callers down instead of losing
+// records.
+func (l *Log) AppendWait(ctx context.Context, rec Record) error {
+	if !validKind(rec.Kind) {
+		return fmt.Errorf("%w: kind %q", ErrInvalidRecord, rec.Kind)
+	}
+	if rec.Time.IsZero() {
+		rec.Time = l.cfg.Now()
+	}
+	if err := l.enqueue(ctx, &item{rec: rec}); err != nil {
+		l.drop(1)
+		return err
+	}
+	return nil
+}
+
 func (l *Log) drop(n uint64) {
 	l.dropped.Add(n)
 	if l.pendingDrops.Add(n) == n {

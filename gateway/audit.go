@@ -13,9 +13,9 @@ import (
 
 // AuditLog is the compliance audit log served under /v1/audit/.
 type AuditLog interface {
-	// Append queues a record without blocking; it fails (and the log
-	// counts the loss) only when the queue is full.
-	Append(rec audit.Record) error
+	// AppendWait queues a record, waiting for room while the queue is
+	// full until ctx ends (then the log counts the loss).
+	AppendWait(ctx context.Context, rec audit.Record) error
 	// Export streams the records q selects in format f.
 	Export(ctx context.Context, w io.Writer, q audit.Query, f audit.Format) error
 	// PublicKeys lists the published checkpoint verifier keys.

@@ -1,14 +1,21 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/zfaas/zfaas/audit"
 )
 
-// record appends rec to the audit log, when there is one. It never blocks
-// the request: the log queues, and counts and later records what it had to
-// drop.
+// auditWait bounds how long a request waits for room in a full audit
+// queue before the record is dropped (and the drop recorded).
+const auditWait = 2 * time.Second
+
+// record appends rec to the audit log, when there is one. The log queues
+// and writes in batches; only when its queue is full does the request wait
+// (backpressure, at most auditWait), so a burst slows callers rather than
+// losing records.
 func (g *Gateway) record(rec audit.Record) {
 	if g.cfg.Audit == nil {
 		return
@@ -16,7 +23,9 @@ func (g *Gateway) record(rec audit.Record) {
 	if rec.Time.IsZero() {
 		rec.Time = g.cfg.Now()
 	}
-	if err := g.cfg.Audit.Append(rec); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), auditWait)
+	defer cancel()
+	if err := g.cfg.Audit.AppendWait(ctx, rec); err != nil {
 		g.log.Debug("audit record not queued", "kind", rec.Kind, "err", err)
 	}
 }

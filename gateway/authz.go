@@ -103,7 +103,7 @@ func requestInput(r *http.Request, protocol string) map[string]any {
 	for k, vs := range r.Header {
 		hdr[strings.ToLower(k)] = strings.Join(vs, ", ")
 	}
-	proto, suite := TLSState(r.TLS)
+	proto, suite := secureState(requestState(r))
 	tlsInfo := map[string]any{"protocol": proto, "cipher_suite": suite}
 	return map[string]any{
 		"protocol": protocol,

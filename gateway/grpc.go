@@ -8,13 +8,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
 	zfaasv1 "github.com/zfaas/zfaas/api/zfaas/v1"
+	"github.com/zfaas/zfaas/crypto/dualstack"
 )
 
 // grpcServer implements zfaas.v1.Functions on the gateway.
@@ -53,12 +52,7 @@ func (s *grpcServer) Invoke(ctx context.Context, req *zfaasv1.InvokeRequest) (*z
 			hdr[strings.ToLower(k)] = strings.Join(vs, ", ")
 		}
 	}
-	var proto, suite string
-	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-			proto, suite = TLSState(&info.State)
-		}
-	}
+	proto, suite := secureState(dualstack.StateFromPeer(ctx))
 	request := map[string]any{
 		"protocol": "grpc", "method": "POST", "path": zfaasv1.Functions_Invoke_FullMethodName,
 		"headers": hdr, "tls": map[string]any{"protocol": proto, "cipher_suite": suite}, "trace_id": "",

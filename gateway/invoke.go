@@ -39,6 +39,11 @@ func (g *Gateway) invoke(ctx context.Context, in invocation) (*outcome, error) {
 	if !api.ValidName(in.name) {
 		return nil, fmt.Errorf("%w: %s", ErrFunctionNotFound, in.name)
 	}
+	if t, ok := in.request["tls"].(map[string]any); ok {
+		p, _ := t["protocol"].(string)
+		s, _ := t["cipher_suite"].(string)
+		g.metrics.transport.WithLabelValues(p, s).Inc()
+	}
 	v, rerr := g.reg.Resolve(ctx, g.cfg.Tenant, in.name, in.qualifier, g.cfg.Rand())
 	// The policy decides before a caller learns whether the function
 	// exists, so names do not leak to callers who may not invoke them.

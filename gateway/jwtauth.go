@@ -7,11 +7,10 @@ import (
 	"net/http"
 	"strings"
 
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
-	"github.com/zfaas/zfaas/crypto/mtls"
+	"github.com/zfaas/zfaas/crypto/dualstack"
 )
 
 // JWTVerifier checks a JWT-SVID against the trust domain's JWT bundle and
@@ -91,12 +90,15 @@ type TLSPeer struct {
 	Bearer BearerJWT
 }
 
-// Authenticate implements Authenticator.
+// Authenticate implements Authenticator. Over TLCP (crypto/dualstack,
+// with the http.Server's ConnContext set to dualstack.ConnContext) the
+// client's SM2 signing certificate is its X.509-SVID.
 func (a TLSPeer) Authenticate(r *http.Request) (Caller, error) {
-	if r.TLS == nil {
+	cs, ok := requestState(r)
+	if !ok {
 		return Anonymous, fmt.Errorf("%w: the gateway accepts requests over TLS only", ErrUnauthenticated)
 	}
-	if id, ok := mtls.PeerID(r.TLS); ok {
+	if id, ok := cs.PeerID(); ok {
 		return CallerFromID(id.String(), "x509"), nil
 	}
 	if token, ok := bearer(r.Header.Get("Authorization")); ok {
@@ -113,11 +115,11 @@ func (a TLSPeer) AuthenticateContext(ctx context.Context) (Caller, error) {
 	if !ok {
 		return Anonymous, fmt.Errorf("%w: no peer", ErrUnauthenticated)
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	cs, ok := dualstack.StateFromAuthInfo(p.AuthInfo)
 	if !ok {
 		return Anonymous, fmt.Errorf("%w: the gateway accepts calls over TLS only", ErrUnauthenticated)
 	}
-	if id, ok := mtls.PeerID(&info.State); ok {
+	if id, ok := cs.PeerID(); ok {
 		return CallerFromID(id.String(), "x509"), nil
 	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -139,6 +141,27 @@ func TLSState(cs *tls.ConnectionState) (protocol, suite string) {
 		return "", ""
 	}
 	return tlsVersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
+}
+
+// requestState is the secured connection a request came over: TLS
+// (r.TLS) or TLCP (from the connection's context).
+func requestState(r *http.Request) (dualstack.ConnectionState, bool) {
+	if r.TLS != nil {
+		return dualstack.FromTLS(r.TLS), true
+	}
+	return dualstack.FromContext(r.Context())
+}
+
+// secureState names the protocol ("TLSv1.3", "TLSv1.2" or "TLCP") and the
+// cipher suite of a connection for policy input, metrics and logs.
+func secureState(cs dualstack.ConnectionState, ok bool) (protocol, suite string) {
+	if !ok {
+		return "", ""
+	}
+	if cs.GM() {
+		return "TLCP", cs.CipherSuiteName
+	}
+	return tlsVersionName(cs.Version), cs.CipherSuiteName
 }
 
 func tlsVersionName(v uint16) string {

@@ -22,6 +22,7 @@ type Metrics struct {
 	instances    *prometheus.GaugeVec
 	stopped      *prometheus.CounterVec
 	gbSeconds    *prometheus.CounterVec
+	transport    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -55,8 +56,11 @@ func newMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		gbSeconds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zfaas_billed_gb_seconds_total", Help: "Metering: billed duration times configured memory, in GB-seconds.",
 		}, []string{"function"}),
+		transport: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zfaas_invocation_requests_by_transport_total", Help: "Invocation requests by the caller's secure transport (TLSv1.3, TLSv1.2, TLCP) and cipher suite.",
+		}, []string{"protocol", "cipher_suite"}),
 	}
-	for _, c := range []prometheus.Collector{m.invocations, m.errors, m.throttles, m.duration, m.coldStarts, m.coldDuration, m.instances, m.stopped, m.gbSeconds} {
+	for _, c := range []prometheus.Collector{m.invocations, m.errors, m.throttles, m.duration, m.coldStarts, m.coldDuration, m.instances, m.stopped, m.gbSeconds, m.transport} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

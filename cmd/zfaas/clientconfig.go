@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,12 +12,15 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"gopkg.in/yaml.v3"
 
+	"github.com/zfaas/zfaas/crypto/dualstack"
 	"github.com/zfaas/zfaas/crypto/mtls"
+	"github.com/zfaas/zfaas/crypto/tlcp"
 )
 
 // clientConfig is what the CLI needs to reach the platform. `zfaas up`
@@ -34,6 +38,95 @@ type clientConfig struct {
 	// Bundle is the trust domain's X.509 bundle (PEM) that verifies the
 	// gateway.
 	Bundle string `yaml:"bundle,omitempty"`
+	// GMSignCert, GMSignKey, GMEncCert, GMEncKey and GMBundle are the
+	// user's SM2 signing and encryption certificates (PEM, keys PKCS#8
+	// 0600) and the SM2 authorities, for TLCP (--tls gm or auto) with a
+	// platform of the gm suite.
+	GMSignCert string `yaml:"gm_sign_cert,omitempty"`
+	GMSignKey  string `yaml:"gm_sign_key,omitempty"`
+	GMEncCert  string `yaml:"gm_enc_cert,omitempty"`
+	GMEncKey   string `yaml:"gm_enc_key,omitempty"`
+	GMBundle   string `yaml:"gm_bundle,omitempty"`
+}
+
+// withGMFiles names the SM2 files in dir.
+func (c *clientConfig) withGMFiles(dir string) {
+	c.GMSignCert, c.GMSignKey = filepath.Join(dir, "svid-gm-sign.pem"), filepath.Join(dir, "svid-gm-sign-key.pem")
+	c.GMEncCert, c.GMEncKey = filepath.Join(dir, "svid-gm-enc.pem"), filepath.Join(dir, "svid-gm-enc-key.pem")
+	c.GMBundle = filepath.Join(dir, "bundle-gm.pem")
+}
+
+// writeGMFiles writes an SM2 signing and encryption pair and the SM2
+// authorities as PEM (keys PKCS#8, 0600), each replaced atomically.
+func writeGMFiles(c clientConfig, sign, enc *tlcp.Certificate, roots []*smx509.Certificate) error {
+	files := map[string][]byte{}
+	for _, f := range []struct {
+		cert, key string
+		c         *tlcp.Certificate
+	}{{c.GMSignCert, c.GMSignKey, sign}, {c.GMEncCert, c.GMEncKey, enc}} {
+		var certs []byte
+		for _, der := range f.c.Certificate {
+			certs = append(certs, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		}
+		key, err := smx509.MarshalPKCS8PrivateKey(f.c.PrivateKey)
+		if err != nil {
+			return err
+		}
+		files[f.cert] = certs
+		files[f.key] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})
+	}
+	var b []byte
+	for _, r := range roots {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	files[c.GMBundle] = b
+	for path, data := range files {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, data, 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tlcpClientConfig builds the TLCP side of the CLI's client from the GM
+// files: it presents the user's SM2 pair and accepts only the gateway's ID.
+func (c clientConfig) tlcpClientConfig(gw spiffeid.ID) (*tlcp.Config, error) {
+	if c.GMSignCert == "" || c.GMEncCert == "" || c.GMBundle == "" {
+		return nil, errors.New("the client config has no SM2 certificates: TLCP needs a platform of the gm suite (zfaas up --suite gm), whose zfaas up writes them")
+	}
+	load := func(cert, key string) (*tlcp.Certificate, error) {
+		cp, err := os.ReadFile(cert)
+		if err != nil {
+			return nil, err
+		}
+		kp, err := os.ReadFile(key)
+		if err != nil {
+			return nil, err
+		}
+		return tlcp.X509KeyPair(cp, kp)
+	}
+	sign, err := load(c.GMSignCert, c.GMSignKey)
+	if err != nil {
+		return nil, fmt.Errorf("load the SM2 signing certificate: %w", err)
+	}
+	enc, err := load(c.GMEncCert, c.GMEncKey)
+	if err != nil {
+		return nil, fmt.Errorf("load the SM2 encryption certificate: %w", err)
+	}
+	roots, err := os.ReadFile(c.GMBundle)
+	if err != nil {
+		return nil, err
+	}
+	pool := smx509.NewCertPool()
+	if !pool.AppendCertsFromPEM(roots) {
+		return nil, fmt.Errorf("%s holds no SM2 certificates", c.GMBundle)
+	}
+	src := dualstack.TLCPSourceFunc(func() (*tlcp.Certificate, *tlcp.Certificate, error) { return sign, enc, nil })
+	return dualstack.TLCPClientConfig(src, pool, gw), nil
 }
 
 func clientConfigPath(getenv env) (string, error) {
@@ -120,7 +213,7 @@ func writeSVIDFiles(certPath, keyPath, bundlePath string, svid *x509svid.SVID, b
 // httpClient builds the CLI's HTTP client. It verifies the gateway by its SPIFFE ID against the trust bundle, presents the user's
 // X.509-SVID when the config names one, and sends token (a JWT-SVID) as a
 // bearer token when it is not empty.
-func (c clientConfig) httpClient(token string) (*http.Client, error) {
+func (c clientConfig) httpClient(token, mode string) (*http.Client, error) {
 	u, err := url.Parse(c.Gateway)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("gateway %q: want https://HOST:PORT (the gateway serves its API over mutual TLS only)", c.Gateway)
@@ -144,11 +237,24 @@ func (c clientConfig) httpClient(token string) (*http.Client, error) {
 		}
 		src = svid
 	}
-	var rt http.RoundTripper = &http.Transport{
+	tr := &http.Transport{
 		Proxy:             http.ProxyFromEnvironment,
 		TLSClientConfig:   mtls.ClientConfig(src, bundle, gw),
 		ForceAttemptHTTP2: true,
 	}
+	switch mode {
+	case "", "standard":
+	case "gm", "auto":
+		tc, err := c.tlcpClientConfig(gw)
+		if err != nil {
+			return nil, err
+		}
+		d := &dualstack.Dialer{Config: dualstack.Config{Mode: dualstack.Mode(mode), TLS: tr.TLSClientConfig, TLCP: tc}}
+		tr.DialTLSContext = d.DialContext
+	default:
+		return nil, fmt.Errorf("--tls %q: want standard, gm or auto", mode)
+	}
+	var rt http.RoundTripper = tr
 	if token != "" {
 		rt = bearerTransport{token: token, next: rt}
 	}

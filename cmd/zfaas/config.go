@@ -51,6 +51,9 @@ type auditConfig struct {
 type identityConfig struct {
 	// TrustDomain is the SPIFFE trust domain (default "zfaas.local").
 	TrustDomain string `yaml:"trust_domain"`
+	// Suite is "standard" (ECDSA P-256 SVIDs, SHA-256 audit chain) or "gm"
+	// (also SM2 sign+encryption SVIDs for TLCP, SM3+SM2 audit chain).
+	Suite string `yaml:"suite"`
 	// X509SVIDTTL is the lifetime of X.509-SVIDs (default 1h); holders
 	// rotate at half life.
 	X509SVIDTTL time.Duration `yaml:"x509_svid_ttl"`
@@ -85,7 +88,12 @@ type gatewayConfig struct {
 	// besides its SPIFFE ID (always: localhost, 127.0.0.1, ::1 and the
 	// listen hosts), so clients that check host names can verify it
 	// against the trust bundle.
-	ServerNames           []string      `yaml:"server_names"`
+	ServerNames []string `yaml:"server_names"`
+	// TLS is the gateway's transport mode: "standard" (TLS 1.3, 1.2
+	// minimum), "gm" (TLCP only) or "auto" (both on the same ports, the
+	// first record decides). Default: auto under identity.suite gm,
+	// standard otherwise; gm and auto need identity.suite gm.
+	TLS                   string        `yaml:"tls"`
 	MaxPayloadBytes       int64         `yaml:"max_payload_bytes"`
 	WaitBudget            time.Duration `yaml:"wait_budget"`
 	DefaultMaxConcurrency int           `yaml:"default_max_concurrency"`
@@ -160,6 +168,7 @@ func defaultUpConfig(getenv env) upConfig {
 		Audit:  auditConfig{Enabled: true},
 		Identity: identityConfig{
 			TrustDomain: "zfaas.local",
+			Suite:       "standard",
 			X509SVIDTTL: time.Hour,
 			JWTSVIDTTL:  5 * time.Minute,
 			CATTL:       24 * time.Hour,
@@ -229,6 +238,20 @@ func (c *upConfig) validate() error {
 	if err := c.Identity.validate(); err != nil {
 		return err
 	}
+	switch c.Gateway.TLS {
+	case "":
+		c.Gateway.TLS = "standard"
+		if c.Identity.Suite == "gm" {
+			c.Gateway.TLS = "auto"
+		}
+	case "standard":
+	case "gm", "auto":
+		if c.Identity.Suite != "gm" {
+			return fmt.Errorf("gateway.tls %q needs identity.suite gm (SM2 certificates for TLCP)", c.Gateway.TLS)
+		}
+	default:
+		return fmt.Errorf("gateway.tls %q: want standard, gm or auto", c.Gateway.TLS)
+	}
 	if c.Worker.Egress != "enforce" && c.Worker.Egress != "off" {
 		return fmt.Errorf("worker.egress %q: want enforce or off", c.Worker.Egress)
 	}
@@ -275,6 +298,9 @@ func (c *upConfig) validate() error {
 var hostNameRE = regexp.MustCompile(`^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 
 func (c identityConfig) validate() error {
+	if c.Suite != "standard" && c.Suite != "gm" {
+		return fmt.Errorf("identity.suite %q: want standard or gm", c.Suite)
+	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("identity.trust_domain %q: %v", c.TrustDomain, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ import (
 
 	"github.com/zfaas/zfaas/api"
 	zfaasv1 "github.com/zfaas/zfaas/api/zfaas/v1"
+	"github.com/zfaas/zfaas/crypto/dualstack"
 	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway/client"
 	"github.com/zfaas/zfaas/identity/ca"
@@ -171,6 +173,9 @@ func startTest(t *testing.T, dataDir string, mutate func(*upConfig)) *testPlatfo
 	cdir := t.TempDir()
 	cc := clientConfig{Gateway: tp.url, GatewayID: p.gatewayID,
 		Cert: filepath.Join(cdir, "svid.pem"), Key: filepath.Join(cdir, "svid-key.pem"), Bundle: filepath.Join(cdir, "bundle.pem")}
+	if cfg.Identity.Suite == "gm" {
+		cc.withGMFiles(cdir)
+	}
 	if err := writeAdminSVID(ctx, p, cc); err != nil {
 		t.Fatal(err)
 	}
@@ -1597,5 +1602,87 @@ func TestEgressEndToEnd(t *testing.T) {
 			t.Fatalf("no egress.deny record for fx → %s:\n%s", portB, out)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestGMSuiteEndToEnd: with identity.suite gm the gateway serves TLS 1.3
+// and TLCP (SM2/SM3/SM4) on the same ports; the CLI invokes over either;
+// gRPC runs over TLCP; the policy input and the audit trail name the
+// protocol; the trail is chained with SM3 and checkpoints signed with SM2.
+func TestGMSuiteEndToEnd(t *testing.T) {
+	tp := startTest(t, t.TempDir(), func(c *upConfig) { c.Identity.Suite = "gm" })
+	tp.deployFixture("fx", nil)
+	for _, mode := range []string{"gm", "auto", "standard"} {
+		if out, err := tp.cli("fn", "invoke", "fx", "--tls", mode); err != nil || !strings.Contains(out, `"version"`) {
+			t.Fatalf("invoke --tls %s: %v\n%s", mode, err, out)
+		}
+	}
+	// Side by side on one port: a TLS 1.3 client and a TLCP client.
+	cc, err := readClientConfig(tp.getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := spiffeid.RequireFromString(tp.p.gatewayID)
+	tc, err := cc.tlcpClientConfig(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dualstack.Dialer{Config: dualstack.Config{Mode: dualstack.ModeGM, TLCP: tc}}
+	gmClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialTLSContext: d.DialContext}}
+	for name, hc := range map[string]*http.Client{"tls": tp.hc, "tlcp": gmClient} {
+		resp, err := hc.Get(tp.url + "/v1/functions")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: got %d", name, resp.StatusCode)
+		}
+	}
+	// gRPC over TLCP with the administrator's SM2 pair.
+	conn, err := grpc.NewClient(tp.p.grpcAddr, grpc.WithTransportCredentials(dualstack.NewTLCPCredentials(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := zfaasv1.NewFunctionsClient(conn).Invoke(context.Background(), &zfaasv1.InvokeRequest{Function: "fx", Payload: []byte(`{}`)})
+	if err != nil || !strings.Contains(string(resp.GetPayload()), `"version"`) {
+		t.Fatalf("gRPC over TLCP: %v %v", resp, err)
+	}
+	// Metrics count invocations by transport.
+	mresp, err := http.Get("http://" + tp.p.healthAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if !regexp.MustCompile(`zfaas_invocation_requests_by_transport_total\{cipher_suite="[A-Z0-9_]+",protocol="TLCP"\} [1-9]`).Match(metrics) {
+		t.Errorf("metrics lack TLCP invocations:\n%s", metrics)
+	}
+	// The trail records the protocol and verifies with the SM2 key.
+	dir := t.TempDir()
+	keys, err := tp.cli("audit", "keys")
+	if err != nil {
+		t.Fatalf("audit keys: %v\n%s", err, keys)
+	}
+	os.WriteFile(filepath.Join(dir, "audit.pub"), []byte(keys), 0o600)
+	export := filepath.Join(dir, "trail.jsonl")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if out, err := tp.cli("audit", "export", "--out", export); err != nil {
+			t.Fatalf("audit export: %v\n%s", err, out)
+		}
+		raw, _ := os.ReadFile(export)
+		if strings.Contains(string(raw), `"tls":"TLCP"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no decision over TLCP in the trail:\n%s", raw)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out, err := tp.cli("audit", "verify", export, "--key", filepath.Join(dir, "audit.pub"))
+	if err != nil || !strings.Contains(strings.ToLower(out), "sm3") {
+		t.Fatalf("verify an SM3/SM2 trail: %v\n%s", err, out)
 	}
 }

@@ -33,6 +33,7 @@ import (
 type cliFlags struct {
 	gateway string
 	output  string
+	tls     string
 	// conn is what client() resolved: the gateway and the credentials.
 	conn clientConfig
 }
@@ -40,6 +41,7 @@ type cliFlags struct {
 func (c *cliFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.gateway, "gateway", "", "gateway URL (env ZFAAS_GATEWAY; default from the client config that zfaas up wrote, else "+defaultGatewayURL+")")
 	fs.StringVar(&c.output, "o", "table", "output format: table or json")
+	fs.StringVar(&c.tls, "tls", "", "transport to the gateway: standard (TLS 1.3), gm (TLCP, SM2/SM3/SM4) or auto (TLS, then TLCP) (env ZFAAS_TLS; default standard)")
 }
 
 // defaultGatewayURL is where `zfaas up` serves its API by default.
@@ -66,7 +68,11 @@ func (c *cliFlags) client(getenv env) (*client.Client, error) {
 	if id := getenv("ZFAAS_GATEWAY_ID"); id != "" {
 		cc.GatewayID = id
 	}
-	hc, err := cc.httpClient(getenv("ZFAAS_TOKEN"))
+	mode := c.tls
+	if mode == "" {
+		mode = getenv("ZFAAS_TLS")
+	}
+	hc, err := cc.httpClient(getenv("ZFAAS_TOKEN"), mode)
 	if err != nil {
 		return nil, err
 	}

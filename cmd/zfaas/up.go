@@ -24,14 +24,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/audit"
 	"github.com/zfaas/zfaas/bpf"
+	"github.com/zfaas/zfaas/crypto/dualstack"
 	"github.com/zfaas/zfaas/crypto/mtls"
 	"github.com/zfaas/zfaas/gateway"
+	"github.com/zfaas/zfaas/identity/ca"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/policyd/extauthz"
 	"github.com/zfaas/zfaas/runtime/egress"
@@ -48,6 +49,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	dataDir := fs.String("data-dir", "", "data directory (default "+cfg.DataDir+")")
 	listen := fs.String("listen", "", "gateway HTTPS (mutual TLS) address (default "+cfg.Gateway.Listen+")")
 	grpcListen := fs.String("grpc-listen", "", "gateway gRPC (mutual TLS) address, or \"off\" (default "+cfg.Gateway.GRPCListen+")")
+	suite := fs.String("suite", "", "identity suite: standard (ECDSA P-256) or gm (also SM2 sign+encryption certificates; the gateway then speaks TLCP and TLS 1.3 on one port) (default "+cfg.Identity.Suite+")")
 	healthListen := fs.String("health-listen", "", "plain HTTP address for /healthz and /metrics only, or \"off\" (default "+cfg.Gateway.HealthListen+")")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
 	examples := fs.String("deploy-examples", "", "deploy every function directory (with a zfaas.yaml) under DIR once the platform is up")
@@ -60,7 +62,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 			return err
 		}
 	}
-	for dst, v := range map[*string]string{&cfg.DataDir: *dataDir, &cfg.Gateway.Listen: *listen, &cfg.Gateway.GRPCListen: *grpcListen, &cfg.LogLevel: *logLevel} {
+	for dst, v := range map[*string]string{&cfg.Identity.Suite: *suite, &cfg.DataDir: *dataDir, &cfg.Gateway.Listen: *listen, &cfg.Gateway.GRPCListen: *grpcListen, &cfg.LogLevel: *logLevel} {
 		if v != "" {
 			*dst = v
 		}
@@ -103,6 +105,9 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 			cc := clientConfig{
 				Gateway: gwURL, GatewayID: p.gatewayID,
 				Cert: filepath.Join(dir, "svid.pem"), Key: filepath.Join(dir, "svid-key.pem"), Bundle: filepath.Join(dir, "bundle.pem"),
+			}
+			if cfg.Identity.Suite == "gm" {
+				cc.withGMFiles(dir)
 			}
 			refreshSVID = func(ctx context.Context) error {
 				for {
@@ -242,6 +247,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if cfg.Audit.Enabled {
 		p.audit, err = audit.Open(ctx, audit.Config{
 			Store:              p.store,
+			Suite:              auditSuite(cfg.Identity.Suite),
 			KeyDir:             filepath.Join(cfg.DataDir, "audit"),
 			Node:               "local",
 			CheckpointEvery:    cfg.Audit.CheckpointEvery,
@@ -295,6 +301,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		TrustDomain: td.Name(),
 		UID:         cfg.Worker.UID,
 		GID:         cfg.Worker.GID,
+		Suite:       ca.Suite(cfg.Identity.Suite),
 		X509TTL:     cfg.Identity.X509SVIDTTL,
 		JWTTTL:      cfg.Identity.JWTSVIDTTL,
 		CATTL:       cfg.Identity.CATTL,
@@ -386,9 +393,22 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	}
 	shim.w = p.worker
 	serverTLS := mtls.ServerConfig(p.identity.ServerSVIDSource(p.gatewayID, gatewayHosts(cfg.Gateway)...), p.identity)
+	// One port per API for TLS 1.3 and, under the gm suite, TLCP: the
+	// first record of a connection decides (crypto/dualstack).
+	dc := dualstack.Config{Mode: dualstack.Mode(cfg.Gateway.TLS)}
+	if dc.Mode != dualstack.ModeGM {
+		dc.TLS = serverTLS.Clone()
+		dc.TLS.NextProtos = []string{"h2", "http/1.1"}
+	}
+	if dc.Mode != dualstack.ModeStandard {
+		dc.TLCP = p.identity.TLCPServerConfig(p.identity.ServerTLCPSource(p.gatewayID, gatewayHosts(cfg.Gateway)...), nil)
+	}
+	if p.httpLn, err = dualstack.NewListener(p.httpLn, dc); err != nil {
+		return nil, fmt.Errorf("gateway listener: %w", err)
+	}
 	p.httpSrv = &http.Server{
 		Handler:           p.gateway,
-		TLSConfig:         serverTLS,
+		ConnContext:       dualstack.ConnContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
@@ -414,8 +434,16 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		}
 	}
 	if p.grpcLn != nil {
+		gc := dc
+		if gc.TLS != nil {
+			gc.TLS = serverTLS.Clone()
+		}
+		grpcCreds, err := dualstack.NewCredentials(gc)
+		if err != nil {
+			return nil, fmt.Errorf("gateway grpc credentials: %w", err)
+		}
 		p.grpcSrv = grpc.NewServer(
-			grpc.Creds(credentials.NewTLS(serverTLS)),
+			grpc.Creds(grpcCreds),
 			grpc.ChainUnaryInterceptor(requireCaller(auth, log)),
 			grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()),
 			grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
@@ -439,7 +467,7 @@ func (p *platform) run(ctx context.Context) error {
 	tasks := []task{
 		func(ctx context.Context) error {
 			go func() { <-ctx.Done(); shutdown(p.httpSrv) }()
-			if err := p.httpSrv.ServeTLS(p.httpLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("gateway https: %w", err)
 			}
 			return ctx.Err()
@@ -650,6 +678,15 @@ func (p *platform) recordSVID(s svid.Issued) {
 		Action: "workload-api", Outcome: audit.OutcomeSuccess, Details: d})
 }
 
+// auditSuite is the audit chain's suite for an identity suite: SM3 and SM2
+// under gm.
+func auditSuite(s string) audit.Suite {
+	if s == "gm" {
+		return audit.SuiteGM
+	}
+	return audit.SuiteStandard
+}
+
 // orOff is addr with suffix, or "off" for a listener that is turned off.
 func orOff(addr, suffix string) string {
 	if addr == "" {
@@ -707,5 +744,15 @@ func writeAdminSVID(ctx context.Context, p *platform, cc clientConfig) error {
 	if err != nil {
 		return err
 	}
-	return writeSVIDFiles(cc.Cert, cc.Key, cc.Bundle, svid, bundle)
+	if err := writeSVIDFiles(cc.Cert, cc.Key, cc.Bundle, svid, bundle); err != nil {
+		return err
+	}
+	if cc.GMSignCert == "" {
+		return nil
+	}
+	sign, enc, err := p.identity.TLCPSource(p.adminID).GetTLCPCertificates()
+	if err != nil {
+		return fmt.Errorf("SM2 certificates: %w", err)
+	}
+	return writeGMFiles(cc, sign, enc, p.identity.GMRoots())
 }

@@ -205,3 +205,7 @@ func (i *Provider) TLCPClientConfig(src dualstack.TLCPSource, serverID spiffeid.
 	})
 	return c
 }
+
+// GMRoots returns the CA's SM2 authorities (published and active), for
+// writing a GM trust bundle to files.
+func (i *Provider) GMRoots() []*smx509.Certificate { return i.ca.GMBundle() }

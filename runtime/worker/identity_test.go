@@ -16,6 +16,7 @@ import (
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/runtime/archive"
+	"github.com/zfaas/zfaas/runtime/pool"
 	"github.com/zfaas/zfaas/runtime/sandbox"
 )
 
@@ -208,5 +209,31 @@ func TestEgressAttach(t *testing.T) {
 	eg.fail = errors.New("policy unavailable")
 	if _, err := w.start(context.Background(), v); err == nil || !strings.Contains(err.Error(), "egress") {
 		t.Fatalf("start with a failing attach: %v", err)
+	}
+}
+
+// TestLoad: the worker reports its instances, their memory and state per
+// version.
+func TestLoad(t *testing.T) {
+	d := &fakeDriver{}
+	id := &fakeIdentity{dir: t.TempDir(), cgroup: make(chan string, 1)}
+	w, v := newIdentityTestWorker(t, d, id)
+	if l := w.Load(); l.Instances != 0 || l.Inflight != 0 || l.MemoryMB != 0 {
+		t.Fatalf("idle worker: %+v", l)
+	}
+	// As Invoke does: note the version's memory, lease an instance.
+	w.memory.Store(poolKey(v), v.Config.MemoryMB)
+	lease, err := w.pool.Acquire(context.Background(), poolKey(v), 2, func(ctx context.Context) (pool.Instance, error) { return w.start(ctx, v) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.ln.Close()
+	l := w.Load()
+	if st := l.Versions["default/fn-a/1"]; l.Instances != 1 || l.MemoryMB != 128 || st.Idle != 0 || st.Total != 1 {
+		t.Fatalf("one busy instance: %+v", l)
+	}
+	lease.Release()
+	if st := w.Load().Versions["default/fn-a/1"]; st.Idle != 1 || st.Total != 1 {
+		t.Fatalf("one idle instance: %+v", st)
 	}
 }

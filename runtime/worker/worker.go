@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zfaas/zfaas/api"
@@ -150,6 +151,34 @@ type Worker struct {
 	unpackM sync.Mutex
 	unpack  map[string]*unpackCall
 	live    sync.Map // instance id → cgroup v2 dir, while the instance runs
+	// memory is the configured memory (MB) of each pool key seen, and
+	// inflight the invocations running now, for Load.
+	memory   sync.Map // pool key → int
+	inflight atomic.Int64
+}
+
+// Load is a snapshot of what the worker runs, for placement.
+type Load struct {
+	// Versions are the instances by "tenant/function/version".
+	Versions map[string]pool.Stats
+	// Instances and MemoryMB count every live instance (idle, busy and
+	// starting) and the memory configured for them.
+	Instances int
+	MemoryMB  int
+	// Inflight is the number of invocations running now.
+	Inflight int
+}
+
+// Load returns a snapshot of the worker's instances and invocations.
+func (w *Worker) Load() Load {
+	l := Load{Versions: w.pool.Stats(), Inflight: int(w.inflight.Load())}
+	for key, s := range l.Versions {
+		l.Instances += s.Total
+		if m, ok := w.memory.Load(key); ok {
+			l.MemoryMB += s.Total * m.(int)
+		}
+	}
+	return l
 }
 
 type unpackCall struct {
@@ -246,6 +275,9 @@ func (w *Worker) Evict(v api.Version) { w.pool.Evict(poolKey(v)) }
 // platform failure.
 // A function error is not an error: it is InvocationResult.FuncErr.
 func (w *Worker) Invoke(ctx context.Context, req api.Invocation) (*api.InvocationResult, error) {
+	w.inflight.Add(1)
+	defer w.inflight.Add(-1)
+	w.memory.Store(poolKey(req.Version), req.Version.Config.MemoryMB)
 	waitCtx, cancelWait := context.WithTimeout(ctx, req.WaitBudget)
 	defer cancelWait()
 	var initDur time.Duration

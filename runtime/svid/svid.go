@@ -18,6 +18,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -42,15 +43,96 @@ import (
 // Provider is the worker's Identity: a CA under DIR/ca and one
 // Workload API server with a socket per instance under DIR/ep/<instance>.
 type Provider struct {
+	*Endpoints
+	td     spiffeid.TrustDomain
+	now    func() time.Time
+	ca     *ca.CA
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Endpoints is the Workload API of a worker: one server, one socket per
+// instance under DIR/ep/<instance>, each attested by the instance's
+// cgroup. Provider embeds one over its local CA; a worker on another
+// machine starts one over the control plane's issuer (StartEndpoints).
+type Endpoints struct {
 	td       spiffeid.TrustDomain
-	now      func() time.Time
-	ca       *ca.CA
 	srv      *workloadapi.Server
 	att      *pendingCgroupAttestor
 	epDir    string
 	uid, gid int
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+}
+
+var _ worker.Identity = (*Endpoints)(nil)
+
+// EndpointsConfig configures StartEndpoints.
+type EndpointsConfig struct {
+	// Dir holds the per-instance endpoints (Dir/ep).
+	Dir         string
+	TrustDomain string
+	// UID and GID own the per-instance sockets.
+	UID, GID int
+	// Issuer mints the instances' SVIDs (for a remote worker: the control
+	// plane's identity service). Required.
+	Issuer workloadapi.Issuer
+	// GM delivers SM2 pairs on request (the issuer must mint them).
+	GM     bool
+	Logger *slog.Logger
+	Clock  func() time.Time
+}
+
+// StartEndpoints starts a Workload API server whose SVIDs come from
+// cfg.Issuer, with endpoints under cfg.Dir/ep.
+func StartEndpoints(ctx context.Context, cfg EndpointsConfig) (*Endpoints, error) {
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Issuer == nil {
+		return nil, errors.New("svid: an issuer is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	cgAtt, err := workloadapi.NewCgroupAttestor()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	epDir := filepath.Join(cfg.Dir, "ep")
+	// Stale endpoints of an earlier run are useless: their sockets are dead.
+	if err := os.RemoveAll(epDir); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(epDir, 0o700); err != nil {
+		return nil, err
+	}
+	att := &pendingCgroupAttestor{inner: cgAtt, cgroups: map[string]func() (string, error){}}
+	srv, err := workloadapi.New(workloadapi.Config{Issuer: cfg.Issuer, Attestor: att, Logger: log, Clock: cfg.Clock, GM: cfg.GM})
+	if err != nil {
+		return nil, err
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e := &Endpoints{td: td, srv: srv, att: att, epDir: epDir, uid: cfg.UID, gid: cfg.GID, cancel: cancel}
+	e.wg.Go(func() { _ = srv.Run(bg) })
+	log.Info("workload api ready", "trust_domain", cfg.TrustDomain, "endpoints", epDir)
+	return e, nil
+}
+
+// Close stops the server, ending open streams.
+func (e *Endpoints) Close() error {
+	e.srv.Stop()
+	e.cancel()
+	e.wg.Wait()
+	return nil
 }
 
 var _ worker.Identity = (*Provider)(nil)
@@ -134,21 +216,6 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	cgAtt, err := workloadapi.NewCgroupAttestor()
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	epDir := filepath.Join(dir, "ep")
-	// Stale endpoints of an earlier run are useless: their sockets are dead.
-	if err := os.RemoveAll(epDir); err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(epDir, 0o700); err != nil {
-		return nil, err
-	}
 	now := cfg.Clock
 	if now == nil {
 		now = time.Now
@@ -161,30 +228,27 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	att := &pendingCgroupAttestor{inner: cgAtt, cgroups: map[string]func() (string, error){}}
 	var issuer workloadapi.Issuer = authority
 	if cfg.OnIssue != nil {
 		issuer = recordingIssuer{CA: authority, on: cfg.OnIssue}
 	}
-	srv, err := workloadapi.New(workloadapi.Config{
-		Issuer: issuer, Attestor: att, Logger: log, Clock: now,
-		GM: authority.Suite() == ca.SuiteGM,
+	ep, err := StartEndpoints(ctx, EndpointsConfig{
+		Dir: dir, TrustDomain: trustDomain, UID: uid, GID: gid, Issuer: issuer,
+		GM: authority.Suite() == ca.SuiteGM, Logger: log, Clock: now,
 	})
 	if err != nil {
 		authority.Close()
 		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	i := &Provider{td: td, now: now, ca: authority, srv: srv, att: att, epDir: epDir, uid: uid, gid: gid, cancel: cancel}
-	for _, run := range []func(context.Context) error{authority.Run, srv.Run} {
-		i.wg.Go(func() { _ = run(bg) })
-	}
-	log.Info("workload api ready", "trust_domain", trustDomain, "endpoints", epDir, "suite", string(authority.Suite()))
+	i := &Provider{Endpoints: ep, td: td, now: now, ca: authority, cancel: cancel}
+	i.wg.Go(func() { _ = authority.Run(bg) })
+	log.Info("identity ca ready", "trust_domain", trustDomain, "suite", string(authority.Suite()))
 	return i, nil
 }
 
 // Endpoint implements worker.Identity.
-func (i *Provider) Endpoint(_ context.Context, spec worker.EndpointSpec) (string, func(), error) {
+func (i *Endpoints) Endpoint(_ context.Context, spec worker.EndpointSpec) (string, func(), error) {
 	id, err := identity.FunctionID(i.td, spec.Tenant, spec.Function)
 	if err != nil {
 		return "", nil, err
@@ -214,9 +278,9 @@ func (i *Provider) Endpoint(_ context.Context, spec worker.EndpointSpec) (string
 	}, nil
 }
 
-// Close stops the server (ending open streams) and the CA.
+// Close stops the Workload API server (ending open streams) and the CA.
 func (i *Provider) Close() error {
-	i.srv.Stop()
+	i.Endpoints.Close()
 	i.cancel()
 	i.wg.Wait()
 	return i.ca.Close()

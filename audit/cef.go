@@ -43,7 +43,7 @@ var cefNames = map[string]string{
 	KindPolicyRollback: "policy revision rolled back", KindWorkerAdmitted: "worker admitted",
 	KindWorkerRefused: "worker refused", KindWorkerRevoked: "worker revoked", KindSVIDIssued: "SVID issued",
 	KindEgressDeny: "egress denied", KindInvoke: "function invoked", KindExpired: "audit records expired",
-	KindDropped: "audit records dropped",
+	KindDropped: "audit records dropped", KindWorkerDrained: "worker drained",
 }
 
 // severity is a record's CEF severity (0–10): 8 for lost audit records,

@@ -39,6 +39,7 @@ var ocsfKinds = map[string]ocsfClass{
 	KindWorkerAdmitted: {OCSFClassAuthentication, 1, "Logon"},
 	KindWorkerRefused:  {OCSFClassAuthentication, 1, "Logon"},
 	KindWorkerRevoked:  {OCSFClassAuthentication, 2, "Logoff"},
+	KindWorkerDrained:  {OCSFClassAPIActivity, 3, "Update"},
 	KindSVIDIssued:     {OCSFClassAuthentication, 3, "Authentication Ticket"},
 	KindDecision:       {OCSFClassAuthorizeSession, 99, "Decision"},
 	KindEgressDeny:     {OCSFClassAuthorizeSession, 99, "Egress Deny"},

@@ -22,6 +22,7 @@ const (
 	KindWorkerAdmitted = "worker.admitted" // a worker passed attestation
 	KindWorkerRefused  = "worker.refused"  // a worker failed attestation
 	KindWorkerRevoked  = "worker.revoked"  // a worker's admission revoked
+	KindWorkerDrained  = "worker.drained"  // an operator stopped placing work on a worker
 	KindSVIDIssued     = "svid.issued"     // an X.509- or JWT-SVID minted
 	KindEgressDeny     = "egress.deny"     // the kernel denied an instance's connection
 	KindInvoke         = "invoke"          // an invocation summary (never the payload)

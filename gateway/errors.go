@@ -27,6 +27,7 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeForbidden        = "forbidden"
 	CodeUnauthenticated  = "unauthenticated"
+	CodeWorkerLost       = "worker_lost"
 )
 
 // httpError is an error with a status and a client-safe code and message.
@@ -96,6 +97,10 @@ func (g *Gateway) classify(err error) (int, string, string) {
 		return http.StatusTooManyRequests, CodeTooManyRequests, "function is at its concurrency limit; retry later"
 	case errors.Is(err, api.ErrTimeout):
 		return http.StatusGatewayTimeout, CodeTimeout, "function timed out; its instance was stopped"
+	case errors.Is(err, ErrWorkerLost):
+		return http.StatusBadGateway, CodeWorkerLost, "the worker running the invocation went away; it may or may not have completed"
+	case errors.Is(err, ErrNoWorker):
+		return http.StatusServiceUnavailable, CodeUnavailable, "no worker can run the function now; retry later"
 	}
 	return http.StatusInternalServerError, CodeInternal, "internal error"
 }

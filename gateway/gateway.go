@@ -60,6 +60,8 @@ type Config struct {
 	// Egress, when set, serves the egress rules in force at
 	// /v1/functions/{name}/egress.
 	Egress EgressInspector
+	// Workers, when set, lists and drains workers at /v1/workers.
+	Workers WorkerAdmin
 	// Audit, when set, serves the audit trail at /v1/audit/export and its
 	// checkpoint verifier keys at /v1/audit/keys.
 	Audit AuditLog
@@ -229,6 +231,11 @@ func (g *Gateway) routes() {
 	m.HandleFunc("GET /v1/functions/{name}/logs", g.handleLogs)
 	if g.cfg.Egress != nil {
 		m.HandleFunc("GET /v1/functions/{name}/egress", g.handleEgress)
+	}
+	if g.cfg.Workers != nil {
+		m.HandleFunc("GET /v1/workers", g.handleWorkers)
+		m.HandleFunc("POST /v1/workers/{name}/drain", g.handleDrainWorker)
+		m.HandleFunc("POST /v1/workers/{name}/undrain", g.handleDrainWorker)
 	}
 	if g.cfg.Bundle != nil {
 		m.HandleFunc("GET /v1/identity/bundle", g.handleBundle)

@@ -106,7 +106,10 @@ type workerConfig struct {
 	// zfaas.egress allows, enforced by eBPF in the kernel) or "off"
 	// (development on hosts without BPF: instances have the host's
 	// network; logged at start).
-	Egress           string        `yaml:"egress"`
+	Egress string `yaml:"egress"`
+	// CapacityMB is the memory this worker offers to instances, which
+	// placement fills (0: three quarters of the machine's memory).
+	CapacityMB       int           `yaml:"capacity_mb"`
 	IdleTimeout      time.Duration `yaml:"idle_timeout"`
 	InitTimeout      time.Duration `yaml:"init_timeout"`
 	MaxResponseBytes int64         `yaml:"max_response_bytes"`
@@ -251,6 +254,9 @@ func (c *upConfig) validate() error {
 		}
 	default:
 		return fmt.Errorf("gateway.tls %q: want standard, gm or auto", c.Gateway.TLS)
+	}
+	if c.Worker.CapacityMB < 0 {
+		return fmt.Errorf("worker.capacity_mb %d: want 0 (three quarters of the memory) or more", c.Worker.CapacityMB)
 	}
 	if c.Worker.Egress != "enforce" && c.Worker.Egress != "off" {
 		return fmt.Errorf("worker.egress %q: want enforce or off", c.Worker.Egress)

@@ -1686,3 +1686,37 @@ func TestGMSuiteEndToEnd(t *testing.T) {
 		t.Fatalf("verify an SM3/SM2 trail: %v\n%s", err, out)
 	}
 }
+
+// TestWorkersEndToEnd: the in-process worker is a registered, leased worker
+// like any other: `zfaas worker ls` shows it; drained, it gets no work
+// (503); undrained, it serves again.
+func TestWorkersEndToEnd(t *testing.T) {
+	tp := startTest(t, t.TempDir(), nil)
+	tp.deployFixture("fx", nil)
+	tp.invokeFixture("fx", nil)
+	// The load arrives with the next heartbeat (every 2 s).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, err := tp.cli("worker", "ls")
+		if err == nil && regexp.MustCompile(`(?m)^local\s+admitted\s+local\s`).MatchString(out) && strings.Contains(out, "1 inst") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker ls: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out, err := tp.cli("worker", "drain", "local"); err != nil || !strings.Contains(out, "draining") {
+		t.Fatalf("drain: %v\n%s", err, out)
+	}
+	code, _, body := tp.rawInvoke("fx", []byte(`{}`))
+	if code != http.StatusServiceUnavailable || errorCode(t, body) != "unavailable" {
+		t.Fatalf("invoke with every worker drained: %d %s, want 503 unavailable", code, body)
+	}
+	if out, err := tp.cli("worker", "undrain", "local"); err != nil || !strings.Contains(out, "admitted") {
+		t.Fatalf("undrain: %v\n%s", err, out)
+	}
+	tp.invokeFixture("fx", nil)
+	if out, err := tp.cli("worker", "drain", "nope"); err == nil || !strings.Contains(err.Error(), "not_found") {
+		t.Fatalf("drain an unknown worker: %v\n%s", err, out)
+	}
+}

@@ -38,6 +38,8 @@ Usage:
   zfaas policyd [flags]            run the standalone policy decision role
   zfaas audit <command> [args]     export the audit trail; verify an export offline
   zfaas identity <command> [args]  bundle, show, issue-user, issue-policyd
+  zfaas worker ls | drain NAME | undrain NAME
+                                   list and drain the cluster's workers
   zfaas version                    print the version
 
 Function commands:
@@ -78,6 +80,8 @@ func dispatch(ctx context.Context, args []string, getenv env, stdout, stderr io.
 		return runAudit(ctx, args[1:], getenv, stdout, stderr)
 	case "identity":
 		return runIdentity(ctx, args[1:], getenv, stdout, stderr)
+	case "worker":
+		return runWorker(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "zfaas %s\n", buildVersion())
 		return nil

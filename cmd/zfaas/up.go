@@ -35,6 +35,7 @@ import (
 	"github.com/zfaas/zfaas/identity/ca"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/policyd/extauthz"
+	"github.com/zfaas/zfaas/runtime/cluster"
 	"github.com/zfaas/zfaas/runtime/egress"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
 	"github.com/zfaas/zfaas/runtime/svid"
@@ -175,6 +176,12 @@ type platform struct {
 	store  *store.Store
 	policy *policyd.Engine
 	audit  *audit.Log // nil when audit.enabled is false
+	// cluster is the registry of workers (the in-process one and any that
+	// joined); dialer reaches the remote ones; lease keeps the in-process
+	// worker's lease.
+	cluster *cluster.Registry
+	dialer  *workerDialer
+	lease   task
 	// egress enforces zfaas.egress on instances; nil when worker.egress
 	// is off.
 	egress *egressBinding
@@ -312,12 +319,21 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	shim := &lateInvoker{}
+	if p.cluster, err = cluster.NewRegistry(bg, cluster.RegistryConfig{Store: p.store, Logger: log}); err != nil {
+		return nil, fmt.Errorf("worker registry: %w", err)
+	}
+	p.dialer = &workerDialer{svids: p.identity.SVIDSource(p.gatewayID), bundles: p.identity, clients: map[string]*remoteWorker{}}
+	invoker := &gateway.ClusterInvoker{
+		Placer: placerAdapter{cluster.NewPlacer(p.cluster, cluster.PlacerConfig{})},
+		Local:  shim, LocalNode: localNode, Remote: p.dialer,
+	}
 	// Every caller is its X.509-SVID (mutual TLS) or a JWT-SVID bearer
 	// token for the gateway's audience; there is no plaintext API.
 	auth := gateway.TLSPeer{Bearer: gateway.BearerJWT{Verifier: p.identity, Audience: p.gatewayID}}
 	p.gateway, err = gateway.New(bg, gateway.Config{
 		Store:                 p.store,
-		Invoker:               shim,
+		Invoker:               invoker,
+		Workers:               workerAdmin{p.cluster},
 		Authorizer:            engineAuthorizer{p.policy},
 		Authenticator:         auth,
 		GRPCAuthenticator:     auth,
@@ -392,6 +408,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		return nil, err
 	}
 	shim.w = p.worker
+	capacity := cfg.Worker.CapacityMB
+	if capacity == 0 {
+		capacity = defaultCapacityMB()
+	}
+	if p.lease, err = startLocalWorkerLease(ctx, p, capacity); err != nil {
+		return nil, err
+	}
 	serverTLS := mtls.ServerConfig(p.identity.ServerSVIDSource(p.gatewayID, gatewayHosts(cfg.Gateway)...), p.identity)
 	// One port per API for TLS 1.3 and, under the gm suite, TLCP: the
 	// first record of a connection decides (crypto/dualstack).
@@ -465,6 +488,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 // run serves until ctx ends or a server fails.
 func (p *platform) run(ctx context.Context) error {
 	tasks := []task{
+		p.lease,
 		func(ctx context.Context) error {
 			go func() { <-ctx.Done(); shutdown(p.httpSrv) }()
 			if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -518,6 +542,9 @@ func (p *platform) close(ctx context.Context) error {
 			p.grpcSrv.Stop()
 		} else if p.grpcLn != nil {
 			p.grpcLn.Close()
+		}
+		if p.dialer != nil {
+			p.dialer.Close()
 		}
 		if p.worker != nil {
 			errs = append(errs, p.worker.Close(ctx))

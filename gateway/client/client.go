@@ -311,6 +311,27 @@ func (c *Client) Egress(ctx context.Context, name string) (api.EgressView, error
 	return v, err
 }
 
+// Workers lists the cluster's workers.
+func (c *Client) Workers(ctx context.Context) ([]api.WorkerInfo, error) {
+	var out struct {
+		Workers []api.WorkerInfo `json:"workers"`
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/workers", nil, nil, "", &out)
+	return out.Workers, err
+}
+
+// DrainWorker stops placing work on node (drain true) or places work
+// there again (false).
+func (c *Client) DrainWorker(ctx context.Context, node string, drain bool) (api.WorkerInfo, error) {
+	var out api.WorkerInfo
+	op := "/drain"
+	if !drain {
+		op = "/undrain"
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/workers/"+url.PathEscape(node)+op, nil, nil, "", &out)
+	return out, err
+}
+
 // IssueUser asks the gateway to sign an X.509-SVID for user name over the
 // key of csrPEM (a PEM CERTIFICATE REQUEST); it returns the chain as PEM.
 func (c *Client) IssueUser(ctx context.Context, name string, csrPEM []byte) ([]byte, error) {

@@ -20,7 +20,7 @@ actions := {"deploy", "delete", "alias.set", "alias.delete", "read"} | policy_ac
 # Policy administration (push a revision, read status and decisions, roll
 # back), issuing user identities and exporting the audit trail are decided
 # here too, and only admins may do them.
-policy_actions := {"policy.push", "policy.read", "policy.rollback", "identity.issue", "audit.export"}
+policy_actions := {"policy.push", "policy.read", "policy.rollback", "identity.issue", "audit.export", "worker.read", "worker.drain"}
 
 # Limits on input.config for action "deploy": the input field, the limit in
 # data.zfaas.config.deploy it must not exceed.

@@ -119,6 +119,8 @@ cases := [
 	{"name": "user may not roll back policy", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "policy.rollback"}, "allow": false, "reasons": ["only admins administer policy"]},
 	{"name": "admin may issue identities", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "identity.issue"}, "allow": true, "reasons": ["caller is an admin"]},
 	{"name": "user may not issue identities", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "identity.issue"}, "allow": false, "reasons": ["only admins"]},
+	{"name": "admin may list workers", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "worker.read"}, "allow": true, "reasons": ["caller is an admin"]},
+	{"name": "user may not drain workers", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "worker.drain"}, "allow": false, "reasons": ["only admins"]},
 	{"name": "admin may export the audit trail", "input": {"caller": admin, "function": {"tenant": "acme", "name": ""}, "action": "audit.export"}, "allow": true, "reasons": ["caller is an admin"]},
 	{"name": "user may not export the audit trail", "input": {"caller": alice, "function": {"tenant": "acme", "name": ""}, "action": "audit.export"}, "allow": false, "reasons": ["only admins"]},
 	{

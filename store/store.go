@@ -16,11 +16,14 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +75,13 @@ type Config struct {
 	// Logger receives the store's and the embedded server's logs, with
 	// component=store. Nil discards them.
 	Logger *slog.Logger
+	// Listen, when set, makes the embedded server accept clients on this
+	// TCP address (workers on other machines), with TLS: TLS must then be
+	// set and must require and verify a client certificate. Empty: the
+	// embedded server listens on nothing and only this process uses it.
+	Listen string
+	// TLS is the embedded server's TLS configuration for Listen.
+	TLS *tls.Config
 }
 
 // Store is an open connection to JetStream, and the embedded server when
@@ -207,6 +217,28 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.S
 		NoSigs:     true,
 		SyncAlways: cfg.SyncAlways,
 	}
+	if cfg.Listen != "" {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("store: listen %q: %w", cfg.Listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("store: listen %q: %w", cfg.Listen, err)
+		}
+		if cfg.TLS == nil || (cfg.TLS.ClientAuth != tls.RequireAnyClientCert && cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert) {
+			return nil, errors.New("store: listening needs TLS that requires client certificates")
+		}
+		if p == 0 {
+			p = -1 // any free port
+		}
+		opts.DontListen = false
+		opts.Host, opts.Port = host, p
+		opts.TLSConfig = cfg.TLS
+		opts.TLS = true
+		opts.TLSVerify = true
+		opts.TLSTimeout = 5
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("store: embedded nats: %w", err)
@@ -293,4 +325,18 @@ func (l *serverLogger) Fatalf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
 	l.fatal.Store(&msg)
 	l.log.Error(msg, "fatal", true)
+}
+
+// ClientURL is the address workers on other machines use to reach the
+// embedded server ("tls://HOST:PORT"), or "" when it listens on nothing or
+// the store is an external cluster.
+func (s *Store) ClientURL() string {
+	if s.srv == nil || s.cfg.Listen == "" {
+		return ""
+	}
+	addr := s.srv.Addr()
+	if addr == nil {
+		return ""
+	}
+	return "tls://" + addr.String()
 }

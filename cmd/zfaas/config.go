@@ -32,6 +32,7 @@ type upConfig struct {
 	Policy   policyConfig   `yaml:"policy"`
 	Identity identityConfig `yaml:"identity"`
 	Audit    auditConfig    `yaml:"audit"`
+	Cluster  clusterConfig  `yaml:"cluster"`
 }
 
 // auditConfig configures the compliance audit trail (docs/audit.md).
@@ -127,6 +128,25 @@ type packageConfig struct {
 type storeConfig struct {
 	URL      string `yaml:"url"`
 	Replicas int    `yaml:"replicas"`
+	// Listen makes the embedded store reachable for workers on other
+	// machines (TLS; only worker and gateway SVIDs may connect); empty:
+	// no TCP port.
+	Listen string `yaml:"listen"`
+}
+
+// clusterConfig configures how workers on other machines join.
+type clusterConfig struct {
+	// EKRootsFile is a PEM file of TPM manufacturer roots (and
+	// intermediates) that EK certificates must chain to; empty turns TPM
+	// attestation off.
+	EKRootsFile string `yaml:"ek_roots_file"`
+	// JoinTokensFile lists development join tokens, one per line (kept
+	// only as SHA-256 hashes in memory); the admission policy must also
+	// allow join tokens.
+	JoinTokensFile string `yaml:"join_tokens_file"`
+	// WorkerSVIDTTL is the lifetime of a worker SVID: workers re-attest at
+	// half of it (default 10m).
+	WorkerSVIDTTL time.Duration `yaml:"worker_svid_ttl"`
 }
 
 // defaultUpConfig returns the embedded defaults.
@@ -166,9 +186,10 @@ func defaultUpConfig(getenv env) upConfig {
 			MaxRatio:           lim.MaxRatio,
 			MaxFiles:           lim.MaxFiles,
 		},
-		Store:  storeConfig{Replicas: 1},
-		Policy: policyConfig{DecisionLog: true},
-		Audit:  auditConfig{Enabled: true},
+		Store:   storeConfig{Replicas: 1},
+		Policy:  policyConfig{DecisionLog: true},
+		Audit:   auditConfig{Enabled: true},
+		Cluster: clusterConfig{WorkerSVIDTTL: 10 * time.Minute},
 		Identity: identityConfig{
 			TrustDomain: "zfaas.local",
 			Suite:       "standard",
@@ -234,6 +255,17 @@ func (c *upConfig) validate() error {
 		if net.ParseIP(n) == nil && !hostNameRE.MatchString(n) {
 			return fmt.Errorf("gateway.server_names: %q is neither an IP address nor a DNS name", n)
 		}
+	}
+	if c.Store.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Store.Listen); err != nil {
+			return fmt.Errorf("store.listen %q: %v", c.Store.Listen, err)
+		}
+		if c.Store.URL != "" {
+			return errors.New("store.listen applies to the embedded store; with store.url workers use the external cluster")
+		}
+	}
+	if c.Cluster.WorkerSVIDTTL < time.Minute || c.Cluster.WorkerSVIDTTL > 24*time.Hour {
+		return fmt.Errorf("cluster.worker_svid_ttl %s: want 1m..24h", c.Cluster.WorkerSVIDTTL)
 	}
 	if c.Audit.CheckpointEvery < 0 || c.Audit.CheckpointInterval < 0 || (c.Audit.Retention != 0 && c.Audit.Retention < time.Hour) {
 		return errors.New("audit: checkpoint_every and checkpoint_interval must not be negative, retention 0 (keep all) or at least 1h")

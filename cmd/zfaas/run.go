@@ -40,6 +40,7 @@ Usage:
   zfaas identity <command> [args]  bundle, show, issue-user, issue-policyd
   zfaas worker ls | drain NAME | undrain NAME
                                    list and drain the cluster's workers
+  zfaas worker --join ADDR ...     run a worker on this machine (TPM-attested)
   zfaas version                    print the version
 
 Function commands:

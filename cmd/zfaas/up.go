@@ -234,12 +234,33 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 			p.close(closeCtx)
 		}
 	}()
-	p.store, err = store.Open(ctx, store.Config{
+	p.identity, err = svid.Start(ctx, svid.Config{
+		Dir:         filepath.Join(cfg.DataDir, "identity"),
+		TrustDomain: td.Name(),
+		UID:         cfg.Worker.UID,
+		GID:         cfg.Worker.GID,
+		Suite:       ca.Suite(cfg.Identity.Suite),
+		X509TTL:     cfg.Identity.X509SVIDTTL,
+		JWTTTL:      cfg.Identity.JWTSVIDTTL,
+		CATTL:       cfg.Identity.CATTL,
+		Logger:      log,
+		OnIssue:     p.recordSVID,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	sc := store.Config{
 		DataDir:  filepath.Join(cfg.DataDir, "nats"),
 		URL:      cfg.Store.URL,
 		Replicas: cfg.Store.Replicas,
 		Logger:   log,
-	})
+	}
+	if cfg.Store.Listen != "" {
+		// Workers on other machines reach the embedded store over TLS with
+		// their worker SVIDs; nothing else may connect.
+		sc.Listen, sc.TLS = cfg.Store.Listen, storeServerTLS(p.identity, p.gatewayID, td)
+	}
+	p.store, err = store.Open(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -303,21 +324,6 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	}
 	// The gateway and the worker need each other (invoker; log sink and
 	// observer), so the worker is bound through a small late-bound shim.
-	p.identity, err = svid.Start(ctx, svid.Config{
-		Dir:         filepath.Join(cfg.DataDir, "identity"),
-		TrustDomain: td.Name(),
-		UID:         cfg.Worker.UID,
-		GID:         cfg.Worker.GID,
-		Suite:       ca.Suite(cfg.Identity.Suite),
-		X509TTL:     cfg.Identity.X509SVIDTTL,
-		JWTTTL:      cfg.Identity.JWTSVIDTTL,
-		CATTL:       cfg.Identity.CATTL,
-		Logger:      log,
-		OnIssue:     p.recordSVID,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("identity: %w", err)
-	}
 	shim := &lateInvoker{}
 	if p.cluster, err = cluster.NewRegistry(bg, cluster.RegistryConfig{Store: p.store, Logger: log}); err != nil {
 		return nil, fmt.Errorf("worker registry: %w", err)
@@ -471,6 +477,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 			grpc.MaxRecvMsgSize(p.gateway.GRPCMaxMessageBytes()),
 			grpc.MaxSendMsgSize(int(cfg.Worker.MaxResponseBytes)+64<<10))
 		p.gateway.RegisterGRPC(p.grpcSrv)
+		// Workers on other machines join here (TPM attestation or a
+		// development join token) and get their instances' SVIDs.
+		nodes, err := p.startNodeIdentity(bg, cfg)
+		if err != nil {
+			return nil, err
+		}
+		nodes.Register(p.grpcSrv)
 		// Envoy's external authorization, so a mesh can ask the same policy.
 		extauthz.New(p.policy, log).Register(p.grpcSrv)
 	}
@@ -748,8 +761,10 @@ func adminSVIDRefresh(ttl time.Duration) time.Duration { return ttl / 3 }
 // service sees them.
 func requireCaller(auth gateway.ContextAuthenticator, log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		// zfaas.v1.Functions authenticates (and authorizes) each call itself.
-		if strings.HasPrefix(info.FullMethod, "/zfaas.v1.Functions/") {
+		// zfaas.v1.Functions authenticates (and authorizes) each call
+		// itself; zfaas.v1.NodeIdentity admits machines that have no SVID
+		// yet and checks worker SVIDs itself.
+		if strings.HasPrefix(info.FullMethod, "/zfaas.v1.Functions/") || strings.HasPrefix(info.FullMethod, "/zfaas.v1.NodeIdentity/") {
 			return h(ctx, req)
 		}
 		if _, err := auth.AuthenticateContext(ctx); err != nil {

@@ -19,6 +19,8 @@ Commands:
                      EK fingerprint, PCR summary, lease, load
   drain NAME         stop placing work on a worker (running invocations finish)
   undrain NAME       place work on a drained worker again
+  --join ADDR ...    run the worker role on this machine:
+                     ` + workerRoleUsage + `
 `
 
 // runWorker runs `zfaas worker`: the client commands (ls, drain,
@@ -27,6 +29,9 @@ func runWorker(ctx context.Context, args []string, getenv env, stdout, stderr io
 	if len(args) == 0 {
 		fmt.Fprint(stderr, workerUsage)
 		return errUsage
+	}
+	if strings.HasPrefix(args[0], "-") && args[0] != "-h" && args[0] != "--help" {
+		return runWorkerRole(ctx, args, getenv, stdout, stderr)
 	}
 	switch args[0] {
 	case "ls":

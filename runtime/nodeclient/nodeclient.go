@@ -55,6 +55,16 @@ var (
 	ErrExpired = errors.New("nodeclient: worker SVID expired")
 )
 
+// SessionAttester is an Attester that holds the TPM only during an
+// attestation: Begin opens it (and makes the AK) before Hello, End
+// releases it after the session. A TPM shared with other software, or a
+// software TPM that serves one connection at a time, needs this.
+type SessionAttester interface {
+	Attester
+	Begin(ctx context.Context) error
+	End()
+}
+
 // Attester answers attestation challenges with the machine's TPM;
 // *runtime/attest.Attester implements it.
 type Attester interface {
@@ -231,6 +241,12 @@ func (w *WorkerIdentity) admit(ctx context.Context, conn *grpc.ClientConn) error
 func attestTPM(ctx context.Context, client zfaasv1.NodeIdentityClient, a Attester, csrDER, spki []byte) (*zfaasv1.WorkerSVID, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s, ok := a.(SessionAttester); ok {
+		if err := s.Begin(ctx); err != nil {
+			return nil, fmt.Errorf("nodeclient: open the TPM: %w", err)
+		}
+		defer s.End()
+	}
 	stream, err := client.Attest(ctx)
 	if err != nil {
 		return nil, err

@@ -477,3 +477,7 @@ func (i *Provider) IssueSVID(ctx context.Context, kind, name string, csrDER []by
 	}
 	return s.Certificates, nil
 }
+
+// CA returns the local certificate authority (for the node identity
+// service, which mints worker and remote-instance SVIDs with it).
+func (i *Provider) CA() *ca.CA { return i.ca }

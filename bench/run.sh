@@ -93,6 +93,9 @@ if [ -n "$MICRO_BENCHTIME" ]; then
 	echo "== Go micro-benchmarks (each beside its baseline-* floor; printed as go test prints them)"
 	# Optional figures: a failure is reported, and the invoke benchmarks still run.
 	"$GO" test -trimpath -count=1 -run '^$' -bench . -benchtime "$MICRO_BENCHTIME" ./bench/micro/ || micro_status=$?
+	echo "== cluster: a remote worker's gRPC hop (mTLS, 1 KiB) beside calling the worker in process; admission of a TPM-attested worker (swtpm) beside minting its SVID"
+	"$GO" test -trimpath -count=1 -run '^$' -bench RemoteInvoke -benchtime "$MICRO_BENCHTIME" ./runtime/workerapi/ || micro_status=$?
+	"$GO" test -trimpath -count=1 -run '^$' -bench AdmitTPM -benchtime 20x ./identity/nodeapi/ || micro_status=$?
 	echo
 fi
 

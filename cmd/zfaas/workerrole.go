@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -55,7 +57,8 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 	bundleFile := fs.String("trust-bundle", "", "PEM X.509 bundle of the trust domain (zfaas identity bundle), the trust anchor for joining (required)")
 	tdName := fs.String("trust-domain", "zfaas.local", "the SPIFFE trust domain")
 	serverID := fs.String("control-plane-id", "", "SPIFFE ID the control plane (its gRPC port and store) presents (default spiffe://TD/gateway/local)")
-	storeURL := fs.String("store", "", "the control plane's store: tls://HOST:PORT of its embedded NATS (store.listen) (required)")
+	storeURL := fs.String("store", "", "the store: tls://HOST:PORT of the control plane's embedded NATS (store.listen), or an external NATS cluster's URLs (required)")
+	storeCA := fs.String("store-ca", "", "PEM CA that verifies an external NATS cluster's server certificates by host name (default: the store must present the control plane's SVID)")
 	gatewayURL := fs.String("gateway", "", "the gateway's API URL given to functions (default https://JOIN-HOST:8443)")
 	node := fs.String("node", host, "this worker's node name")
 	tpmAddr := fs.String("tpm", "", "the TPM: /dev/tpmrm0, or swtpm://HOST:PORT (a software TPM: development)")
@@ -145,15 +148,27 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 	log.Info("admitted", "spiffe_id", wid.ID().String(), "method", wid.Method())
 
 	// 2. The store, over TLS with the worker SVID.
+	storeTLS := mtls.ClientConfig(wid, wid, controlPlane)
+	if *storeCA != "" {
+		// An external cluster with its own PKI: verify it by host name and
+		// present the worker SVID as the client certificate.
+		pool := x509.NewCertPool()
+		raw, err := os.ReadFile(*storeCA)
+		if err != nil || !pool.AppendCertsFromPEM(raw) {
+			return fmt.Errorf("--store-ca %s: no PEM certificates (%v)", *storeCA, err)
+		}
+		client := mtls.ClientConfig(wid, wid, controlPlane)
+		storeTLS = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, GetClientCertificate: client.GetClientCertificate}
+	}
+	if err := os.MkdirAll(filepath.Join(*dataDir, "tmp"), 0o700); err != nil {
+		return err
+	}
 	st, err := store.Open(ctx, store.Config{URL: *storeURL, Logger: log, SpoolDir: filepath.Join(*dataDir, "tmp"),
-		ClientOptions: []nats.Option{nats.Secure(mtls.ClientConfig(wid, wid, controlPlane))}})
+		ClientOptions: []nats.Option{nats.Secure(storeTLS)}})
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	defer st.Close()
-	if err := os.MkdirAll(filepath.Join(*dataDir, "tmp"), 0o700); err != nil {
-		return err
-	}
 
 	// 3. The worker: sandbox, Workload API over the control plane's
 	// issuer, egress enforcement from the active policy.

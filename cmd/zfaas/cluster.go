@@ -20,6 +20,7 @@ import (
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/gateway"
 	"github.com/zfaas/zfaas/runtime/cluster"
+	"github.com/zfaas/zfaas/runtime/nodeclient"
 	"github.com/zfaas/zfaas/runtime/worker"
 	"github.com/zfaas/zfaas/runtime/workerapi"
 )
@@ -193,25 +194,26 @@ func defaultCapacityMB() int {
 	return 4096
 }
 
-// startLocalWorkerLease admits the in-process worker in the registry and
-// keeps its lease; it returns the heartbeat's run loop.
-func startLocalWorkerLease(ctx context.Context, p *platform, capacityMB int) (task, error) {
-	if _, err := p.cluster.Admit(ctx, cluster.Attestation{
-		Node: localNode, SPIFFEID: "spiffe://" + p.td.Name() + "/worker/" + localNode, Method: attestLocal, AttestedAt: time.Now(),
-	}); err != nil {
-		return nil, fmt.Errorf("register the local worker: %w", err)
-	}
-	hb, err := cluster.NewHeartbeat(ctx, cluster.HeartbeatConfig{
+// startLocalWorkerLease registers the in-process worker and keeps its
+// lease; it returns the heartbeat's run loop. With worker.attest "none" the
+// worker is part of the control plane and recorded as such ("local");
+// otherwise the loop first attests it with its TPM through the node
+// identity service on this platform's own gRPC port, like any worker
+// (re-attesting at half its SVID's life; a refusal revokes it and the
+// platform serves on without it).
+func startLocalWorkerLease(ctx context.Context, p *platform, capacityMB int, tpmAddr string) (task, error) {
+	hbc := cluster.HeartbeatConfig{
 		Store: p.store, Node: localNode, Source: loadSource{w: p.worker, capacityMB: capacityMB}, Logger: p.log,
-	})
-	if err != nil {
-		return nil, err
 	}
-	if _, err := hb.Beat(ctx); err != nil {
-		return nil, fmt.Errorf("local worker lease: %w", err)
-	}
-	return func(ctx context.Context) error {
-		err := hb.Run(ctx)
+	beat := func(ctx context.Context) error {
+		hb, err := cluster.NewHeartbeat(ctx, hbc)
+		if err != nil {
+			return err
+		}
+		if _, err := hb.Beat(ctx); err != nil {
+			return fmt.Errorf("local worker lease: %w", err)
+		}
+		err = hb.Run(ctx)
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = hb.Leave(lctx)
@@ -219,5 +221,58 @@ func startLocalWorkerLease(ctx context.Context, p *platform, capacityMB int) (ta
 			return ctx.Err()
 		}
 		return err
+	}
+	if tpmAddr == "" {
+		if _, err := p.cluster.Admit(ctx, cluster.Attestation{
+			Node: localNode, SPIFFEID: "spiffe://" + p.td.Name() + "/worker/" + localNode, Method: attestLocal, AttestedAt: time.Now(),
+		}); err != nil {
+			return nil, fmt.Errorf("register the local worker: %w", err)
+		}
+		hb, err := cluster.NewHeartbeat(ctx, hbc)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := hb.Beat(ctx); err != nil {
+			return nil, fmt.Errorf("local worker lease: %w", err)
+		}
+		return beat, nil
+	}
+	bundle, err := p.identity.GetX509BundleForTrustDomain(p.td)
+	if err != nil {
+		return nil, err
+	}
+	gw := spiffeid.RequireFromString(p.gatewayID)
+	return func(ctx context.Context) error {
+		// The gRPC server starts with the platform's run: retry until it
+		// answers.
+		var wid *nodeclient.WorkerIdentity
+		for {
+			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			wid, err = nodeclient.Join(jctx, nodeclient.Config{Addr: p.grpcAddr, Bundle: bundle, ServerAuthorizer: tlsconfig.AuthorizeID(gw),
+				Node: localNode, Attester: &sessionTPM{addr: tpmAddr, node: localNode, log: p.log}, Logger: p.log})
+			cancel()
+			if err == nil {
+				break
+			}
+			if errors.Is(err, nodeclient.ErrRefused) {
+				p.log.Error("the in-process worker was refused admission; this platform runs no functions itself", "err", err)
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		defer wid.Close()
+		p.log.Info("in-process worker attested by its TPM", "spiffe_id", wid.ID().String())
+		return runTasks(ctx, beat, func(ctx context.Context) error {
+			if err := wid.Run(ctx); err != nil {
+				p.log.Error("the in-process worker is no longer admitted (revoked or expired); it gets no more work", "err", err)
+				<-ctx.Done()
+			}
+			return ctx.Err()
+		})
 	}, nil
 }

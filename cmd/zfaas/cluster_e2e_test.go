@@ -277,3 +277,34 @@ func pushGoldenPCRs(t *testing.T, tp *testPlatform) {
 		t.Fatalf("push golden PCRs: %v\n%s", err, out)
 	}
 }
+
+// TestLocalWorkerSWTPM: with worker.attest: swtpm, zfaas up manufactures
+// and starts a software TPM, and its in-process worker is admitted by TPM
+// attestation like any worker before it gets work.
+func TestLocalWorkerSWTPM(t *testing.T) {
+	if ok, why := swtpmtest.Available(); !ok {
+		t.Skipf("needs swtpm: %s", why)
+	}
+	dir := t.TempDir()
+	tp := startTest(t, dir, func(c *upConfig) { c.Worker.Attest = "swtpm" })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ws, err := tp.c.Workers(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ws) == 1 && ws[0].Node == localNode && ws[0].State == api.WorkerAdmitted && ws[0].Live &&
+			ws[0].AttestMethod == "tpm" && strings.HasPrefix(ws[0].EKFingerprint, "sha256:") && len(ws[0].PCRs) == 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the in-process worker was not admitted by its swtpm: %+v", ws)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	tp.deployFixture("fx", nil)
+	tp.invokeFixture("fx", nil)
+	if _, err := os.Stat(filepath.Join(dir, "swtpm", "state")); err != nil {
+		t.Fatalf("no swtpm state in the data directory: %v", err)
+	}
+}

@@ -110,7 +110,13 @@ type workerConfig struct {
 	Egress string `yaml:"egress"`
 	// CapacityMB is the memory this worker offers to instances, which
 	// placement fills (0: three quarters of the machine's memory).
-	CapacityMB       int           `yaml:"capacity_mb"`
+	CapacityMB int `yaml:"capacity_mb"`
+	// Attest is how the in-process worker is admitted: "none" (it is part
+	// of the control plane), "swtpm" (development: a software TPM that
+	// zfaas up manufactures under data_dir/swtpm and starts) or a TPM
+	// device path such as /dev/tpmrm0 (its manufacturer roots must be in
+	// cluster.ek_roots_file).
+	Attest           string        `yaml:"attest"`
 	IdleTimeout      time.Duration `yaml:"idle_timeout"`
 	InitTimeout      time.Duration `yaml:"init_timeout"`
 	MaxResponseBytes int64         `yaml:"max_response_bytes"`
@@ -174,6 +180,7 @@ func defaultUpConfig(getenv env) upConfig {
 		Worker: workerConfig{
 			Sandbox:          "process",
 			Egress:           "enforce",
+			Attest:           "none",
 			IdleTimeout:      10 * time.Minute,
 			InitTimeout:      10 * time.Second,
 			MaxResponseBytes: 6 << 20,
@@ -286,6 +293,12 @@ func (c *upConfig) validate() error {
 		}
 	default:
 		return fmt.Errorf("gateway.tls %q: want standard, gm or auto", c.Gateway.TLS)
+	}
+	if c.Worker.Attest != "none" && c.Worker.Attest != "swtpm" && !strings.HasPrefix(c.Worker.Attest, "/") {
+		return fmt.Errorf("worker.attest %q: want none, swtpm or a TPM device path", c.Worker.Attest)
+	}
+	if c.Worker.Attest != "none" && c.Gateway.GRPCListen == "" {
+		return errors.New("worker.attest needs gateway.grpc_listen: the worker attests through the node identity service there")
 	}
 	if c.Worker.CapacityMB < 0 {
 		return fmt.Errorf("worker.capacity_mb %d: want 0 (three quarters of the memory) or more", c.Worker.CapacityMB)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/zfaas/zfaas/identity/attest"
 	"github.com/zfaas/zfaas/identity/nodeapi"
 	"github.com/zfaas/zfaas/policyd"
+	"github.com/zfaas/zfaas/runtime/attest/swtpm"
 	"github.com/zfaas/zfaas/runtime/cluster"
 	"github.com/zfaas/zfaas/runtime/svid"
 	"github.com/zfaas/zfaas/store"
@@ -185,12 +187,33 @@ func storeServerTLS(p *svid.Provider, serverID string, td spiffeid.TrustDomain) 
 // cluster.join_tokens_file lists some, the admission policy deciding both.
 func (p *platform) startNodeIdentity(ctx context.Context, cfg upConfig) (*nodeapi.Server, error) {
 	ac := attest.Config{Admitter: policyAdmitter{p.policy}, Logger: p.log}
+	switch a := cfg.Worker.Attest; {
+	case a == "swtpm":
+		// Development: a software TPM for the in-process worker, trusted
+		// because this platform manufactured it.
+		t, err := swtpm.Manufacture(ctx, filepath.Join(cfg.DataDir, "swtpm"))
+		if err != nil {
+			return nil, fmt.Errorf("worker.attest swtpm: %w", err)
+		}
+		if err := t.Serve(ctx); err != nil {
+			return nil, fmt.Errorf("worker.attest swtpm: %w", err)
+		}
+		p.swtpm, p.localTPM = t, "swtpm://"+t.CommandAddr
+		ac.Roots, ac.Intermediates = x509.NewCertPool(), x509.NewCertPool()
+		ac.Roots.AddCert(t.Root)
+		ac.Intermediates.AddCert(t.Intermediate)
+		p.log.Warn("development: the in-process worker is attested by a software TPM that this platform manufactured; it proves nothing about the machine", "dir", t.Dir)
+	case strings.HasPrefix(a, "/"):
+		p.localTPM = a
+	}
 	if f := cfg.Cluster.EKRootsFile; f != "" {
 		raw, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("cluster.ek_roots_file: %w", err)
 		}
-		ac.Roots, ac.Intermediates = x509.NewCertPool(), x509.NewCertPool()
+		if ac.Roots == nil {
+			ac.Roots, ac.Intermediates = x509.NewCertPool(), x509.NewCertPool()
+		}
 		n := 0
 		for rest := raw; ; {
 			var b *pem.Block

@@ -35,6 +35,7 @@ import (
 	"github.com/zfaas/zfaas/identity/ca"
 	"github.com/zfaas/zfaas/policyd"
 	"github.com/zfaas/zfaas/policyd/extauthz"
+	"github.com/zfaas/zfaas/runtime/attest/swtpm"
 	"github.com/zfaas/zfaas/runtime/cluster"
 	"github.com/zfaas/zfaas/runtime/egress"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
@@ -182,6 +183,10 @@ type platform struct {
 	cluster *cluster.Registry
 	dialer  *workerDialer
 	lease   task
+	// swtpm is the software TPM of worker.attest: swtpm; localTPM the
+	// address the in-process worker attests with ("" when not attested).
+	swtpm    *swtpm.TPM
+	localTPM string
 	// egress enforces zfaas.egress on instances; nil when worker.egress
 	// is off.
 	egress *egressBinding
@@ -414,13 +419,6 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		return nil, err
 	}
 	shim.w = p.worker
-	capacity := cfg.Worker.CapacityMB
-	if capacity == 0 {
-		capacity = defaultCapacityMB()
-	}
-	if p.lease, err = startLocalWorkerLease(ctx, p, capacity); err != nil {
-		return nil, err
-	}
 	serverTLS := mtls.ServerConfig(p.identity.ServerSVIDSource(p.gatewayID, gatewayHosts(cfg.Gateway)...), p.identity)
 	// One port per API for TLS 1.3 and, under the gm suite, TLCP: the
 	// first record of a connection decides (crypto/dualstack).
@@ -486,6 +484,13 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		nodes.Register(p.grpcSrv)
 		// Envoy's external authorization, so a mesh can ask the same policy.
 		extauthz.New(p.policy, log).Register(p.grpcSrv)
+	}
+	capacity := cfg.Worker.CapacityMB
+	if capacity == 0 {
+		capacity = defaultCapacityMB()
+	}
+	if p.lease, err = startLocalWorkerLease(ctx, p, capacity, p.localTPM); err != nil {
+		return nil, err
 	}
 	p.adminClient = &http.Client{
 		Timeout: 5 * time.Minute,
@@ -558,6 +563,9 @@ func (p *platform) close(ctx context.Context) error {
 		}
 		if p.dialer != nil {
 			p.dialer.Close()
+		}
+		if p.swtpm != nil {
+			_ = p.swtpm.Close()
 		}
 		if p.worker != nil {
 			errs = append(errs, p.worker.Close(ctx))

@@ -133,7 +133,7 @@ func State(c net.Conn) (ConnectionState, bool) {
 			return ConnectionState{}, false
 		}
 		return FromTLS(&cs), true
-	case *tlcp.Conn:
+	case TLCPConn:
 		cs := c.ConnectionState()
 		if !cs.HandshakeComplete {
 			return ConnectionState{}, false

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"sync"
 	"testing"
 	"time"
@@ -339,5 +340,38 @@ func TestSilentClientDoesNotBlockAccept(t *testing.T) {
 	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := silent.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("silent connection: got %v, want it closed by the server", err)
+	}
+}
+
+// countingEngine is another TLCP engine: crypto/tlcp behind a wrapper that
+// counts the connections it makes.
+type countingEngine struct{ servers, clients atomic.Int64 }
+
+func (e *countingEngine) Server(c net.Conn, cfg *tlcp.Config) dualstack.TLCPConn {
+	e.servers.Add(1)
+	return dualstack.BuiltinEngine{}.Server(c, cfg)
+}
+
+func (e *countingEngine) Client(c net.Conn, cfg *tlcp.Config) dualstack.TLCPConn {
+	e.clients.Add(1)
+	return dualstack.BuiltinEngine{}.Client(c, cfg)
+}
+
+// TestEngineSwap: the listener and the dialer make their TLCP connections
+// with Config.Engine, and the connection state still reaches the handler.
+func TestEngineSwap(t *testing.T) {
+	w := newWorld(t)
+	eng := &countingEngine{}
+	sc := w.serverConfig()
+	sc.Engine = eng
+	addr := serve(t, sc)
+	cc := w.clientConfig(dualstack.ModeGM)
+	cc.Engine = eng
+	body, err := get(t, &dualstack.Dialer{Config: cc}, addr, false)
+	if err != nil || !strings.HasPrefix(body, "tlcp|") {
+		t.Fatalf("TLCP through a swapped engine: %q %v", body, err)
+	}
+	if eng.servers.Load() != 1 || eng.clients.Load() != 1 {
+		t.Fatalf("engine made %d server and %d client connections, want 1 and 1", eng.servers.Load(), eng.clients.Load())
 	}
 }

@@ -26,7 +26,7 @@ type AuthInfo struct {
 // AuthType returns "tlcp".
 func (AuthInfo) AuthType() string { return ProtocolTLCP }
 
-func newAuthInfo(c *tlcp.Conn) AuthInfo {
+func newAuthInfo(c TLCPConn) AuthInfo {
 	cs := c.ConnectionState()
 	ai := AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
@@ -67,13 +67,16 @@ func StateFromPeer(ctx context.Context) (ConnectionState, bool) {
 // with cfg, as a client (cfg's verification applies; the authority is not
 // turned into a ServerName) or as a server.
 func NewTLCPCredentials(cfg *tlcp.Config) credentials.TransportCredentials {
-	return &tlcpCreds{cfg: cfg}
+	return &tlcpCreds{cfg: cfg, engine: BuiltinEngine{}}
 }
 
-type tlcpCreds struct{ cfg *tlcp.Config }
+type tlcpCreds struct {
+	cfg    *tlcp.Config
+	engine TLCPEngine
+}
 
 func (c *tlcpCreds) ClientHandshake(ctx context.Context, _ string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn := tlcp.Client(raw, c.cfg)
+	conn := c.engine.Client(raw, c.cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -82,7 +85,7 @@ func (c *tlcpCreds) ClientHandshake(ctx context.Context, _ string, raw net.Conn)
 }
 
 func (c *tlcpCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn := tlcp.Server(raw, c.cfg)
+	conn := c.engine.Server(raw, c.cfg)
 	if err := conn.Handshake(); err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -95,7 +98,7 @@ func (c *tlcpCreds) Info() credentials.ProtocolInfo {
 }
 
 func (c *tlcpCreds) Clone() credentials.TransportCredentials {
-	return &tlcpCreds{cfg: c.cfg.Clone()}
+	return &tlcpCreds{cfg: c.cfg.Clone(), engine: c.engine}
 }
 
 // OverrideServerName sets the name checked against the server's signing
@@ -120,7 +123,7 @@ func NewCredentials(cfg Config) (credentials.TransportCredentials, error) {
 		d.tls = credentials.NewTLS(cfg.tlsConfig())
 	}
 	if cfg.TLCP != nil {
-		d.tlcp = &tlcpCreds{cfg: cfg.TLCP}
+		d.tlcp = &tlcpCreds{cfg: cfg.TLCP, engine: cfg.engine()}
 	}
 	return d, nil
 }

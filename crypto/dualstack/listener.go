@@ -23,6 +23,9 @@ type Config struct {
 	TLS *tls.Config
 	// TLCP configures the GM side (needed unless Mode is ModeStandard).
 	TLCP *tlcp.Config
+	// Engine makes the TLCP connections; nil means BuiltinEngine
+	// (crypto/tlcp).
+	Engine TLCPEngine
 	// PeekTimeout bounds how long a new connection may take to send its
 	// first bytes before it is dropped (default 10 s).
 	PeekTimeout time.Duration
@@ -229,7 +232,7 @@ func (l *Listener) wrap(raw net.Conn) (net.Conn, error) {
 	case ModeStandard:
 		return tls.Server(raw, l.tlsCfg), nil
 	case ModeGM:
-		return tlcp.Server(raw, l.cfg.TLCP), nil
+		return l.cfg.engine().Server(raw, l.cfg.TLCP), nil
 	}
 	if err := raw.SetReadDeadline(time.Now().Add(l.cfg.PeekTimeout)); err != nil {
 		return nil, err
@@ -242,7 +245,7 @@ func (l *Listener) wrap(raw net.Conn) (net.Conn, error) {
 		return nil, err
 	}
 	if isTLCP(hdr) {
-		return tlcp.Server(pc, l.cfg.TLCP), nil
+		return l.cfg.engine().Server(pc, l.cfg.TLCP), nil
 	}
 	return tls.Server(pc, l.tlsCfg), nil
 }
@@ -349,7 +352,7 @@ func (d *Dialer) dialTLCP(ctx context.Context, network, addr string) (net.Conn, 
 	if err != nil {
 		return nil, err
 	}
-	c := tlcp.Client(raw, d.TLCP)
+	c := d.engine().Client(raw, d.TLCP)
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, handshakeError{err}

@@ -110,3 +110,7 @@ generate-check: generate ## Fail when generated code differs from what is commit
 .PHONY: clean
 clean: ## Remove build outputs
 	rm -rf $(BIN) build
+
+.PHONY: vmkernel
+vmkernel: ## Fetch Debian's kernel with apt and extract vmlinux + virtio modules for the micro-VM sandbox (VMKERNEL_DIR, default /var/cache/zfaas/vmkernel)
+	./scripts/vmkernel.sh $(or $(VMKERNEL_DIR),/var/cache/zfaas/vmkernel)

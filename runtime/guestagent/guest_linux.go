@@ -1,0 +1,301 @@
+//go:build linux
+
+package guestagent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Guest paths inside the initramfs.
+const (
+	// ModulesDir holds the kernel modules and ModulesList, the file names
+	// to load in order.
+	ModulesDir  = "/lib/zfaas/modules"
+	ModulesList = "/lib/zfaas/modules.load"
+	portTimeout = 20 * time.Second
+)
+
+func boottime() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return ts.Nano()
+}
+
+// RunGuest is the agent's main as PID 1. It returns only on a fatal error
+// (the caller then powers the VM off).
+func RunGuest() error {
+	start := boottime()
+	setupErr := setupGuest()
+	port, err := openPort()
+	if err != nil {
+		return fmt.Errorf("open agent port: %w", errors.Join(setupErr, err))
+	}
+	m := NewMux(port, true)
+	ready := Ready{Version: Version, AgentStartNanos: start, Kernel: kernelRelease()}
+	if setupErr != nil {
+		ready.Error = setupErr.Error()
+	}
+	go m.Run()
+	ready.ReadyNanos = boottime()
+	if err := m.SendJSON(TReady, ready); err != nil {
+		return err
+	}
+	if setupErr != nil {
+		return setupErr
+	}
+	f, err := m.Next()
+	if err != nil {
+		return fmt.Errorf("wait for config: %w", err)
+	}
+	if f.Type != TConfig {
+		return fmt.Errorf("want config frame, got type %d", f.Type)
+	}
+	var cfg Config
+	if err := json.Unmarshal(f.Payload, &cfg); err != nil {
+		return fmt.Errorf("parse config: %w", err)
+	}
+	if cfg.UnixNanos > 0 {
+		tv := unix.NsecToTimeval(cfg.UnixNanos)
+		_ = unix.Settimeofday(&tv)
+	}
+	if len(cfg.Args) == 0 {
+		return nil // probe: power off
+	}
+	m.OnOpen = func(s *Stream, o Open) {
+		if o.Port <= 0 || o.Port > 65535 {
+			s.Reject(errors.New("bad port"))
+			return
+		}
+		c, err := net.DialTimeout("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(o.Port)), 5*time.Second)
+		if err != nil {
+			s.Reject(err)
+			return
+		}
+		if err := s.Accept(); err != nil {
+			c.Close()
+			return
+		}
+		Bridge(s, c)
+	}
+	for i, addr := range cfg.Listen {
+		l, err := net.Listen("tcp4", addr)
+		if err != nil {
+			_ = m.SendJSON(TStarted, Started{Error: fmt.Sprintf("listen %s: %v", addr, err)})
+			return err
+		}
+		go forward(m, l, i)
+	}
+	exit := runCommand(m, cfg)
+	_ = m.SendJSON(TExit, exit)
+	// Give the host a moment to read the exit before the VM goes away.
+	time.Sleep(50 * time.Millisecond)
+	return nil
+}
+
+func forward(m *Mux, l net.Listener, idx int) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			s, err := m.OpenStream(Open{Forward: idx}, 10*time.Second)
+			if err != nil {
+				c.Close()
+				return
+			}
+			Bridge(s, c)
+		}()
+	}
+}
+
+type frameWriter struct {
+	m   *Mux
+	typ byte
+}
+
+func (w frameWriter) Write(p []byte) (int, error) {
+	for off := 0; off < len(p); off += chunk {
+		if err := w.m.Send(w.typ, p[off:min(len(p), off+chunk)]); err != nil {
+			return off, err
+		}
+	}
+	return len(p), nil
+}
+
+func runCommand(m *Mux, cfg Config) Exit {
+	cmd := exec.Command(cfg.Args[0], cfg.Args[1:]...)
+	cmd.Env = cfg.Env
+	cmd.Dir = cfg.WorkDir
+	cmd.Stdout = frameWriter{m, TStdout}
+	cmd.Stderr = frameWriter{m, TStderr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cfg.UID != 0 || cfg.GID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(cfg.UID), Gid: uint32(cfg.GID)}
+	}
+	if err := cmd.Start(); err != nil {
+		_ = m.SendJSON(TStarted, Started{Error: err.Error()})
+		return Exit{Code: -1, Error: err.Error()}
+	}
+	_ = m.SendJSON(TStarted, Started{Pid: cmd.Process.Pid})
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return Exit{}
+	case errors.As(err, &ee):
+		ws, _ := ee.Sys().(syscall.WaitStatus)
+		if ws.Signaled() {
+			return Exit{Code: -1, Signal: ws.Signal().String()}
+		}
+		return Exit{Code: ws.ExitStatus()}
+	default:
+		return Exit{Code: -1, Error: err.Error()}
+	}
+}
+
+// setupGuest mounts the pseudo file systems, loads the modules and brings
+// up the loopback interface.
+func setupGuest() error {
+	var errs []error
+	for _, mt := range []struct {
+		src, dst, fs string
+		flags        uintptr
+		data         string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	} {
+		if err := os.MkdirAll(mt.dst, 0o755); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := unix.Mount(mt.src, mt.dst, mt.fs, mt.flags, mt.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			errs = append(errs, fmt.Errorf("mount %s: %w", mt.dst, err))
+		}
+	}
+	if err := loadModules(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := loopbackUp(); err != nil {
+		errs = append(errs, fmt.Errorf("loopback: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func loadModules() error {
+	f, err := os.Open(ModulesList)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name := strings.TrimSpace(sc.Text())
+		if name == "" || strings.Contains(name, "/") {
+			continue
+		}
+		mf, err := os.Open(filepath.Join(ModulesDir, name))
+		if err != nil {
+			return fmt.Errorf("module %s: %w", name, err)
+		}
+		err = unix.FinitModule(int(mf.Fd()), "", 0)
+		mf.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	return sc.Err()
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// openPort finds the virtio-serial port named PortName and opens it once
+// the host end is connected (reads return EOF until then).
+func openPort() (io.ReadWriteCloser, error) {
+	deadline := time.Now().Add(portTimeout)
+	for {
+		dev := findPort()
+		if dev != "" {
+			f, err := os.OpenFile(dev, os.O_RDWR, 0)
+			if err == nil {
+				if connected(f) {
+					return f, nil
+				}
+				f.Close()
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("virtio-serial port %s not connected after %v", PortName, portTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func findPort() string {
+	ports, _ := filepath.Glob("/sys/class/virtio-ports/vport*")
+	for _, p := range ports {
+		b, err := os.ReadFile(filepath.Join(p, "name"))
+		if err == nil && strings.TrimSpace(string(b)) == PortName {
+			return "/dev/" + filepath.Base(p)
+		}
+	}
+	return ""
+}
+
+// connected reports whether the host end is open: poll says POLLHUP while
+// it is not.
+func connected(f *os.File) bool {
+	fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLOUT}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLHUP == 0
+}
+
+// PowerOff ends the VM: the driver runs QEMU with -no-reboot, so a reboot
+// request stops it.
+func PowerOff() {
+	unix.Sync()
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	os.Exit(1)
+}

@@ -19,7 +19,7 @@ help: ## Show this help
 .PHONY: deps
 deps: ## Install what the build and tests need (Debian packages, Go modules) when missing
 	@missing=""; \
-	for p in python3:/usr/bin/python3 nodejs:/usr/bin/node swtpm:/usr/bin/swtpm swtpm-tools:/usr/bin/swtpm_setup; do \
+	for p in python3:/usr/bin/python3 nodejs:/usr/bin/node swtpm:/usr/bin/swtpm swtpm-tools:/usr/bin/swtpm_setup containerd:/usr/bin/containerd runc:/usr/sbin/runc qemu-system-x86:/usr/bin/qemu-system-x86_64; do \
 	  pkg=$${p%%:*}; path=$${p#*:}; [ -x "$$path" ] || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \

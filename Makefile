@@ -72,7 +72,7 @@ test: deps lint policy-test ## Run every test (installs what is missing first)
 	$(GO) test -run '^$$' -fuzz '^FuzzRecordOpen$$' -fuzztime $(TLCP_FUZZTIME) ./crypto/tlcp/
 	$(GO) test -run '^$$' -fuzz '^FuzzClientHandshake$$' -fuzztime $(TLCP_FUZZTIME) ./crypto/tlcp/
 	@echo "race detector on the concurrent packages:"
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./runtime/pool/ ./runtime/lambdaapi/ ./runtime/worker/ ./gateway/... ./policyd/... ./store/ ./audit/ ./crypto/tlcp/ ./crypto/dualstack/
+	CGO_ENABLED=1 $(GO) test -race -short -count=1 -timeout 20m ./runtime/pool/ ./runtime/lambdaapi/ ./runtime/worker/ ./gateway/... ./policyd/... ./store/ ./audit/ ./crypto/tlcp/ ./crypto/dualstack/
 
 .PHONY: policy-test
 policy-test: ## Check and test the Rego repo with upstream OPA (opa check --strict, opa test)

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/gateway"
@@ -51,6 +52,8 @@ func (a placerAdapter) Place(v api.Version, exclude map[string]bool) (gateway.Pl
 type workerDialer struct {
 	svids   x509svid.Source
 	bundles x509bundle.Source
+	// gm dials workers over TLCP with the gateway's SM2 pair (gm suite).
+	gm      func(workerID spiffeid.ID) credentials.TransportCredentials
 	mu      sync.Mutex
 	clients map[string]*remoteWorker // by node
 }
@@ -73,7 +76,11 @@ func (d *workerDialer) Worker(p gateway.Placement) (gateway.Invoker, error) {
 		rw.c.Close()
 		delete(d.clients, p.Node)
 	}
-	c, err := workerapi.Dial(p.Addr, grpccredentials.MTLSClientCredentials(d.svids, d.bundles, tlsconfig.AuthorizeID(id)))
+	creds := grpccredentials.MTLSClientCredentials(d.svids, d.bundles, tlsconfig.AuthorizeID(id))
+	if d.gm != nil {
+		creds = d.gm(id)
+	}
+	c, err := workerapi.Dial(p.Addr, creds)
 	if err != nil {
 		return nil, err
 	}

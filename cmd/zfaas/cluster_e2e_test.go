@@ -85,33 +85,9 @@ func TestRemoteWorkersEndToEnd(t *testing.T) {
 	bundlePEM, _ := bundle.Marshal()
 	bundleFile := filepath.Join(dir, "bundle.pem")
 	os.WriteFile(bundleFile, bundlePEM, 0o600)
-	bin := filepath.Join(dir, "zfaas")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build zfaas: %v\n%s", err, out)
-	}
+	bin := buildZfaas(t, dir)
 	start := func(name string, tpm *swtpmtest.TPM) *workerProc {
-		w := &workerProc{name: name, out: &syncWriter{}, done: make(chan error, 1)}
-		w.cmd = exec.Command(bin, "worker", "--join", tp.p.grpcAddr, "--trust-bundle", bundleFile, "--store", tp.p.store.ClientURL(),
-			"--tpm", "swtpm://"+tpm.CommandAddr, "--node", name, "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, name),
-			"--gateway", tp.url, "--capacity-mb", "4096", "--log-level", "debug")
-		w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
-		w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := w.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { w.done <- w.cmd.Wait() }()
-		t.Cleanup(func() {
-			w.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-w.done:
-			case <-time.After(20 * time.Second):
-				w.cmd.Process.Kill()
-			}
-			if t.Failed() {
-				t.Logf("worker %s output:\n%s", name, w.out.String())
-			}
-		})
-		return w
+		return startWorkerProc(t, tp, bin, bundleFile, dir, name, tpm)
 	}
 	workerState := func(name string) (api.WorkerInfo, bool) {
 		ws, err := tp.c.Workers(context.Background())
@@ -306,5 +282,98 @@ func TestLocalWorkerSWTPM(t *testing.T) {
 	tp.invokeFixture("fx", nil)
 	if _, err := os.Stat(filepath.Join(dir, "swtpm", "state")); err != nil {
 		t.Fatalf("no swtpm state in the data directory: %v", err)
+	}
+}
+
+// buildZfaas builds the zfaas binary into dir.
+func buildZfaas(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "zfaas")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build zfaas: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startWorkerProc starts `zfaas worker` joining tp with tpm; it is
+// stopped (SIGTERM, then SIGKILL) when the test ends.
+func startWorkerProc(t *testing.T, tp *testPlatform, bin, bundleFile, dir, name string, tpm *swtpmtest.TPM) *workerProc {
+	t.Helper()
+	w := &workerProc{name: name, out: &syncWriter{}, done: make(chan error, 1)}
+	w.cmd = exec.Command(bin, "worker", "--join", tp.p.grpcAddr, "--trust-bundle", bundleFile, "--store", tp.p.store.ClientURL(),
+		"--tpm", "swtpm://"+tpm.CommandAddr, "--node", name, "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, name),
+		"--gateway", tp.url, "--capacity-mb", "4096", "--log-level", "debug")
+	w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.done <- w.cmd.Wait() }()
+	t.Cleanup(func() {
+		w.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-w.done:
+		case <-time.After(20 * time.Second):
+			w.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("worker %s output:\n%s", name, w.out.String())
+		}
+	})
+	return w
+}
+
+// TestRemoteWorkerOverTLCP: on a platform of the gm suite a joined worker
+// gets an SM2 pair from the control plane and serves its worker API over
+// TLCP, and the gateway reaches it only over TLCP.
+func TestRemoteWorkerOverTLCP(t *testing.T) {
+	if ok, why := swtpmtest.Available(); !ok {
+		t.Skipf("needs swtpm: %s", why)
+	}
+	if testing.Short() {
+		t.Skip("starts a worker process and a software TPM")
+	}
+	needPlatform(t)
+	tpm := swtpmtest.Start(t)
+	dir := t.TempDir()
+	var roots bytes.Buffer
+	pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: tpm.Root.Raw})
+	pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: tpm.Intermediate.Raw})
+	rootsFile := filepath.Join(dir, "ek-roots.pem")
+	os.WriteFile(rootsFile, roots.Bytes(), 0o600)
+	tp := startTest(t, t.TempDir(), func(c *upConfig) {
+		c.Identity.Suite = "gm"
+		c.Store.Listen = "127.0.0.1:0"
+		c.Cluster.EKRootsFile = rootsFile
+	})
+	bundle, _ := tp.p.identity.GetX509BundleForTrustDomain(tp.p.td)
+	bundlePEM, _ := bundle.Marshal()
+	bundleFile := filepath.Join(dir, "bundle.pem")
+	os.WriteFile(bundleFile, bundlePEM, 0o600)
+	w := startWorkerProc(t, tp, buildZfaas(t, dir), bundleFile, dir, "g1", tpm)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ws, _ := tp.c.Workers(context.Background())
+		live := false
+		for _, x := range ws {
+			live = live || (x.Node == "g1" && x.State == api.WorkerAdmitted && x.Live)
+		}
+		if live {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("g1 not admitted: %+v\n%s", ws, w.out.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(w.out.String(), "worker API serves TLCP") {
+		t.Fatalf("the worker does not serve TLCP:\n%s", w.out.String())
+	}
+	if _, err := tp.c.DrainWorker(context.Background(), localNode, true); err != nil {
+		t.Fatal(err)
+	}
+	tp.deployFixture("fx", nil)
+	if r, _ := tp.invokeFixture("fx", nil); r.Instance == "" {
+		t.Fatalf("invoke on the TLCP worker: %+v", r)
 	}
 }

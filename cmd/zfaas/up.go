@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/api"
@@ -334,6 +335,14 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		return nil, fmt.Errorf("worker registry: %w", err)
 	}
 	p.dialer = &workerDialer{svids: p.identity.SVIDSource(p.gatewayID), bundles: p.identity, clients: map[string]*remoteWorker{}}
+	if cfg.Identity.Suite == "gm" {
+		// Gateway → worker over TLCP: the gateway's SM2 pair, the worker
+		// pinned by its SPIFFE ID, the SM2 authorities as they are.
+		src := p.identity.TLCPSource(p.gatewayID)
+		p.dialer.gm = func(id spiffeid.ID) credentials.TransportCredentials {
+			return dualstack.NewTLCPCredentials(p.identity.TLCPClientConfig(src, id))
+		}
+	}
 	invoker := &gateway.ClusterInvoker{
 		Placer: placerAdapter{cluster.NewPlacer(p.cluster, cluster.PlacerConfig{})},
 		Local:  shim, LocalNode: localNode, Remote: p.dialer,

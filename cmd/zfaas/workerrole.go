@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/zfaas/zfaas/bpf"
+	"github.com/zfaas/zfaas/crypto/dualstack"
 	"github.com/zfaas/zfaas/crypto/mtls"
 	vattest "github.com/zfaas/zfaas/identity/attest"
 	"github.com/zfaas/zfaas/policyd"
@@ -242,7 +243,30 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(append(api.ServerOptions(), grpc.Creds(grpccredentials.MTLSServerCredentials(wid, wid, tlsconfig.AuthorizeMemberOf(td))))...)
+	// Under the gm suite the worker API speaks TLCP (with the worker's SM2
+	// pair from the control plane) beside TLS 1.3 on the same port.
+	creds := grpccredentials.MTLSServerCredentials(wid, wid, tlsconfig.AuthorizeMemberOf(td))
+	switch err := wid.RenewGM(ctx); {
+	case err == nil:
+		creds, err = dualstack.NewCredentials(dualstack.Config{
+			Mode: dualstack.ModeAuto,
+			TLS:  tlsconfig.MTLSServerConfig(wid, wid, tlsconfig.AuthorizeMemberOf(td)),
+			TLCP: wid.TLCPServerConfig(func(id spiffeid.ID) error {
+				if id.TrustDomain() != td {
+					return fmt.Errorf("%s is not of %s", id, td)
+				}
+				return nil
+			}),
+		})
+		if err != nil {
+			return err
+		}
+		log.Info("worker API serves TLCP and TLS 1.3 (gm suite)")
+	case errors.Is(err, nodeclient.ErrGMDisabled):
+	default:
+		return fmt.Errorf("gm worker certificates: %w", err)
+	}
+	gs := grpc.NewServer(append(api.ServerOptions(), grpc.Creds(creds))...)
 	api.Register(gs)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

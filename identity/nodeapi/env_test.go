@@ -171,12 +171,13 @@ type envOpts struct {
 	admission admission
 	tokens    []string
 	workerTTL time.Duration
+	suite     ca.Suite
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	ctx := context.Background()
-	c, err := ca.New(ctx, ca.Config{TrustDomain: td, Dir: t.TempDir()})
+	c, err := ca.New(ctx, ca.Config{TrustDomain: td, Dir: t.TempDir(), Suite: o.suite})
 	if err != nil {
 		t.Fatal(err)
 	}

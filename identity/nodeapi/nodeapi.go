@@ -4,12 +4,16 @@
 // X.509-SVIDs (spiffe://TD/worker/NODE, short-lived, bound to a key that
 // never leaves the worker), re-attests them on every renewal, revokes them
 // when a re-attestation fails, and signs SVIDs for the function instances
-// an admitted worker runs.
+// an admitted worker runs. Under the gm suite an admitted worker may also
+// ask for the GM double SVID (SM2 signing and encryption certificates) of
+// its own worker ID, for TLCP component links; those keys are vouched for
+// by the worker SVID presented over mTLS and never outlive it.
 //
-// It must never issue an SVID to a caller that has not passed attestation
-// (or a join token the policy allows) on that very call, never sign a
-// worker-supplied key that is not bound to the attestation session, never
-// mint a non-function ID for a worker, and never send internal error text
+// It must never issue a worker SVID to a caller that has not passed
+// attestation (or a join token the policy allows) on that very call, never
+// sign a worker-supplied key for a worker SVID that is not bound to the
+// attestation session, never mint a worker any ID but function IDs and its
+// own worker ID (the GM double SVID), and never send internal error text
 // to a client. See docs/attestation.md for the protocol and why the CSR
 // binding is sound.
 package nodeapi
@@ -362,6 +366,7 @@ func (s *Server) trustBundles() (*zfaasv1.TrustBundles, error) {
 	}
 	return &zfaasv1.TrustBundles{
 		TrustDomain: s.td.Name(), X509Authorities: x509DER, JwtAuthorities: jwks, Generation: b.Generation,
+		GmAuthorities: gmAuthorities(b.GM),
 	}, nil
 }
 

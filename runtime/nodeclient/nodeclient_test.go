@@ -38,7 +38,13 @@ func (tokenOnly) Admit(_ context.Context, c attest.Claims) (bool, []string, erro
 // serve starts a CA and a NodeIdentity server with one join token "t1".
 func serve(t *testing.T, workerTTL time.Duration) (*ca.CA, *nodeapi.Server, string) {
 	t.Helper()
-	c, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Dir: t.TempDir()})
+	return serveSuite(t, workerTTL, ca.SuiteStandard)
+}
+
+// serveSuite is serve with a CA of the given suite.
+func serveSuite(t *testing.T, workerTTL time.Duration, suite ca.Suite) (*ca.CA, *nodeapi.Server, string) {
+	t.Helper()
+	c, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Dir: t.TempDir(), Suite: suite})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@
 // session; EK not the node's; node revoked; caller is not an admitted
 // worker; ID not a function ID),
 // UNAUTHENTICATED (a call that needs a worker SVID came without one),
+// FAILED_PRECONDITION also for MintWorkerGM when the CA does not run the gm
+// suite,
 // RESOURCE_EXHAUSTED (too many pending challenges), INTERNAL (the server
 // failed; no detail is sent).
 
@@ -690,7 +692,10 @@ type TrustBundles struct {
 	// JWT authorities as a JWKS document (JSON).
 	JwtAuthorities []byte `protobuf:"bytes,3,opt,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	// Increases whenever the bundles or the active authority change.
-	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	// SM2 authorities of the gm suite (the GM bundle), one DER certificate
+	// each, oldest first; empty when the CA does not run the gm suite.
+	GmAuthorities [][]byte `protobuf:"bytes,5,rep,name=gm_authorities,json=gmAuthorities,proto3" json:"gm_authorities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -751,6 +756,13 @@ func (x *TrustBundles) GetGeneration() uint64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *TrustBundles) GetGmAuthorities() [][]byte {
+	if x != nil {
+		return x.GmAuthorities
+	}
+	return nil
 }
 
 type MintX509SVIDRequest struct {
@@ -1034,6 +1046,141 @@ func (*BundlesRequest) Descriptor() ([]byte, []int) {
 	return file_identity_proto_rawDescGZIP(), []int{13}
 }
 
+// MintWorkerGMRequest asks for the calling worker's GM double SVID. The ID
+// is always the caller's worker ID (its client certificate's); there is no
+// field to name another.
+type MintWorkerGMRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PKCS#10 CSRs (DER, at most 8 KiB each) for two different SM2 keys the
+	// worker generated, each signed SM2-with-SM3 by the key it carries
+	// (proof of possession): sign_csr for the signing certificate, enc_csr
+	// for the encryption certificate. Subject and extensions are ignored.
+	SignCsr []byte `protobuf:"bytes,1,opt,name=sign_csr,json=signCsr,proto3" json:"sign_csr,omitempty"`
+	EncCsr  []byte `protobuf:"bytes,2,opt,name=enc_csr,json=encCsr,proto3" json:"enc_csr,omitempty"`
+	// Requested lifetime in seconds; 0 for the worker SVID lifetime. Always
+	// clipped to the calling worker SVID's remaining life.
+	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintWorkerGMRequest) Reset() {
+	*x = MintWorkerGMRequest{}
+	mi := &file_identity_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintWorkerGMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintWorkerGMRequest) ProtoMessage() {}
+
+func (x *MintWorkerGMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_identity_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintWorkerGMRequest.ProtoReflect.Descriptor instead.
+func (*MintWorkerGMRequest) Descriptor() ([]byte, []int) {
+	return file_identity_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MintWorkerGMRequest) GetSignCsr() []byte {
+	if x != nil {
+		return x.SignCsr
+	}
+	return nil
+}
+
+func (x *MintWorkerGMRequest) GetEncCsr() []byte {
+	if x != nil {
+		return x.EncCsr
+	}
+	return nil
+}
+
+func (x *MintWorkerGMRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type MintWorkerGMResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Signing certificate chain (key usage digitalSignature), leaf first,
+	// DER.
+	SignChain [][]byte `protobuf:"bytes,1,rep,name=sign_chain,json=signChain,proto3" json:"sign_chain,omitempty"`
+	// Encryption certificate chain (keyEncipherment, dataEncipherment,
+	// keyAgreement), leaf first, DER; same URI SAN and validity.
+	EncChain [][]byte `protobuf:"bytes,2,rep,name=enc_chain,json=encChain,proto3" json:"enc_chain,omitempty"`
+	// The SM2 authorities (GM bundle) at signing time, one DER certificate
+	// each.
+	GmAuthorities [][]byte `protobuf:"bytes,3,rep,name=gm_authorities,json=gmAuthorities,proto3" json:"gm_authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintWorkerGMResponse) Reset() {
+	*x = MintWorkerGMResponse{}
+	mi := &file_identity_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintWorkerGMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintWorkerGMResponse) ProtoMessage() {}
+
+func (x *MintWorkerGMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_identity_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintWorkerGMResponse.ProtoReflect.Descriptor instead.
+func (*MintWorkerGMResponse) Descriptor() ([]byte, []int) {
+	return file_identity_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MintWorkerGMResponse) GetSignChain() [][]byte {
+	if x != nil {
+		return x.SignChain
+	}
+	return nil
+}
+
+func (x *MintWorkerGMResponse) GetEncChain() [][]byte {
+	if x != nil {
+		return x.EncChain
+	}
+	return nil
+}
+
+func (x *MintWorkerGMResponse) GetGmAuthorities() [][]byte {
+	if x != nil {
+		return x.GmAuthorities
+	}
+	return nil
+}
+
 var File_identity_proto protoreflect.FileDescriptor
 
 const file_identity_proto_rawDesc = "" +
@@ -1085,14 +1232,15 @@ const file_identity_proto_rawDesc = "" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x120\n" +
 	"\abundles\x18\x02 \x01(\v2\x16.zfaas.v1.TrustBundlesR\abundles\x12\x16\n" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12\x18\n" +
-	"\areasons\x18\x04 \x03(\tR\areasons\"\xa5\x01\n" +
+	"\areasons\x18\x04 \x03(\tR\areasons\"\xcc\x01\n" +
 	"\fTrustBundles\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x01(\fR\x0fx509Authorities\x12'\n" +
 	"\x0fjwt_authorities\x18\x03 \x01(\fR\x0ejwtAuthorities\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
-	"generation\"\x84\x01\n" +
+	"generation\x12%\n" +
+	"\x0egm_authorities\x18\x05 \x03(\fR\rgmAuthorities\"\x84\x01\n" +
 	"\x13MintX509SVIDRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1d\n" +
@@ -1113,13 +1261,24 @@ const file_identity_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"\x10\n" +
-	"\x0eBundlesRequest2\xe8\x02\n" +
+	"\x0eBundlesRequest\"j\n" +
+	"\x13MintWorkerGMRequest\x12\x19\n" +
+	"\bsign_csr\x18\x01 \x01(\fR\asignCsr\x12\x17\n" +
+	"\aenc_csr\x18\x02 \x01(\fR\x06encCsr\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\"y\n" +
+	"\x14MintWorkerGMResponse\x12\x1d\n" +
+	"\n" +
+	"sign_chain\x18\x01 \x03(\fR\tsignChain\x12\x1b\n" +
+	"\tenc_chain\x18\x02 \x03(\fR\bencChain\x12%\n" +
+	"\x0egm_authorities\x18\x03 \x03(\fR\rgmAuthorities2\xb7\x03\n" +
 	"\fNodeIdentity\x12?\n" +
 	"\x06Attest\x12\x17.zfaas.v1.AttestRequest\x1a\x18.zfaas.v1.AttestResponse(\x010\x01\x12=\n" +
 	"\tJoinToken\x12\x1a.zfaas.v1.JoinTokenRequest\x1a\x14.zfaas.v1.WorkerSVID\x12M\n" +
 	"\fMintX509SVID\x12\x1d.zfaas.v1.MintX509SVIDRequest\x1a\x1e.zfaas.v1.MintX509SVIDResponse\x12J\n" +
 	"\vMintJWTSVID\x12\x1c.zfaas.v1.MintJWTSVIDRequest\x1a\x1d.zfaas.v1.MintJWTSVIDResponse\x12=\n" +
-	"\aBundles\x12\x18.zfaas.v1.BundlesRequest\x1a\x16.zfaas.v1.TrustBundles0\x01B-Z+github.com/zfaas/zfaas/api/zfaas/v1;zfaasv1b\x06proto3"
+	"\aBundles\x12\x18.zfaas.v1.BundlesRequest\x1a\x16.zfaas.v1.TrustBundles0\x01\x12M\n" +
+	"\fMintWorkerGM\x12\x1d.zfaas.v1.MintWorkerGMRequest\x1a\x1e.zfaas.v1.MintWorkerGMResponseB-Z+github.com/zfaas/zfaas/api/zfaas/v1;zfaasv1b\x06proto3"
 
 var (
 	file_identity_proto_rawDescOnce sync.Once
@@ -1133,7 +1292,7 @@ func file_identity_proto_rawDescGZIP() []byte {
 	return file_identity_proto_rawDescData
 }
 
-var file_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_identity_proto_goTypes = []any{
 	(*AttestRequest)(nil),        // 0: zfaas.v1.AttestRequest
 	(*AttestResponse)(nil),       // 1: zfaas.v1.AttestResponse
@@ -1149,6 +1308,8 @@ var file_identity_proto_goTypes = []any{
 	(*MintJWTSVIDRequest)(nil),   // 11: zfaas.v1.MintJWTSVIDRequest
 	(*MintJWTSVIDResponse)(nil),  // 12: zfaas.v1.MintJWTSVIDResponse
 	(*BundlesRequest)(nil),       // 13: zfaas.v1.BundlesRequest
+	(*MintWorkerGMRequest)(nil),  // 14: zfaas.v1.MintWorkerGMRequest
+	(*MintWorkerGMResponse)(nil), // 15: zfaas.v1.MintWorkerGMResponse
 }
 var file_identity_proto_depIdxs = []int32{
 	2,  // 0: zfaas.v1.AttestRequest.hello:type_name -> zfaas.v1.AttestHello
@@ -1162,13 +1323,15 @@ var file_identity_proto_depIdxs = []int32{
 	9,  // 8: zfaas.v1.NodeIdentity.MintX509SVID:input_type -> zfaas.v1.MintX509SVIDRequest
 	11, // 9: zfaas.v1.NodeIdentity.MintJWTSVID:input_type -> zfaas.v1.MintJWTSVIDRequest
 	13, // 10: zfaas.v1.NodeIdentity.Bundles:input_type -> zfaas.v1.BundlesRequest
-	1,  // 11: zfaas.v1.NodeIdentity.Attest:output_type -> zfaas.v1.AttestResponse
-	7,  // 12: zfaas.v1.NodeIdentity.JoinToken:output_type -> zfaas.v1.WorkerSVID
-	10, // 13: zfaas.v1.NodeIdentity.MintX509SVID:output_type -> zfaas.v1.MintX509SVIDResponse
-	12, // 14: zfaas.v1.NodeIdentity.MintJWTSVID:output_type -> zfaas.v1.MintJWTSVIDResponse
-	8,  // 15: zfaas.v1.NodeIdentity.Bundles:output_type -> zfaas.v1.TrustBundles
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
+	14, // 11: zfaas.v1.NodeIdentity.MintWorkerGM:input_type -> zfaas.v1.MintWorkerGMRequest
+	1,  // 12: zfaas.v1.NodeIdentity.Attest:output_type -> zfaas.v1.AttestResponse
+	7,  // 13: zfaas.v1.NodeIdentity.JoinToken:output_type -> zfaas.v1.WorkerSVID
+	10, // 14: zfaas.v1.NodeIdentity.MintX509SVID:output_type -> zfaas.v1.MintX509SVIDResponse
+	12, // 15: zfaas.v1.NodeIdentity.MintJWTSVID:output_type -> zfaas.v1.MintJWTSVIDResponse
+	8,  // 16: zfaas.v1.NodeIdentity.Bundles:output_type -> zfaas.v1.TrustBundles
+	15, // 17: zfaas.v1.NodeIdentity.MintWorkerGM:output_type -> zfaas.v1.MintWorkerGMResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1193,7 +1356,7 @@ func file_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_identity_proto_rawDesc), len(file_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -17,6 +17,8 @@
 // session; EK not the node's; node revoked; caller is not an admitted
 // worker; ID not a function ID),
 // UNAUTHENTICATED (a call that needs a worker SVID came without one),
+// FAILED_PRECONDITION also for MintWorkerGM when the CA does not run the gm
+// suite,
 // RESOURCE_EXHAUSTED (too many pending challenges), INTERNAL (the server
 // failed; no detail is sent).
 
@@ -46,6 +48,7 @@ const (
 	NodeIdentity_MintX509SVID_FullMethodName = "/zfaas.v1.NodeIdentity/MintX509SVID"
 	NodeIdentity_MintJWTSVID_FullMethodName  = "/zfaas.v1.NodeIdentity/MintJWTSVID"
 	NodeIdentity_Bundles_FullMethodName      = "/zfaas.v1.NodeIdentity/Bundles"
+	NodeIdentity_MintWorkerGM_FullMethodName = "/zfaas.v1.NodeIdentity/MintWorkerGM"
 )
 
 // NodeIdentityClient is the client API for NodeIdentity service.
@@ -74,6 +77,11 @@ type NodeIdentityClient interface {
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
 	// Bundles sends the trust bundles at once and again whenever they change.
 	Bundles(ctx context.Context, in *BundlesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TrustBundles], error)
+	// MintWorkerGM signs the calling worker's own GM double SVID: an SM2
+	// signing and an SM2 encryption certificate for spiffe://TD/worker/NODE,
+	// so the worker's component links can run over TLCP. Only when the CA
+	// runs the gm suite (FAILED_PRECONDITION otherwise).
+	MintWorkerGM(ctx context.Context, in *MintWorkerGMRequest, opts ...grpc.CallOption) (*MintWorkerGMResponse, error)
 }
 
 type nodeIdentityClient struct {
@@ -146,6 +154,16 @@ func (c *nodeIdentityClient) Bundles(ctx context.Context, in *BundlesRequest, op
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeIdentity_BundlesClient = grpc.ServerStreamingClient[TrustBundles]
 
+func (c *nodeIdentityClient) MintWorkerGM(ctx context.Context, in *MintWorkerGMRequest, opts ...grpc.CallOption) (*MintWorkerGMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintWorkerGMResponse)
+	err := c.cc.Invoke(ctx, NodeIdentity_MintWorkerGM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeIdentityServer is the server API for NodeIdentity service.
 // All implementations must embed UnimplementedNodeIdentityServer
 // for forward compatibility.
@@ -172,6 +190,11 @@ type NodeIdentityServer interface {
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
 	// Bundles sends the trust bundles at once and again whenever they change.
 	Bundles(*BundlesRequest, grpc.ServerStreamingServer[TrustBundles]) error
+	// MintWorkerGM signs the calling worker's own GM double SVID: an SM2
+	// signing and an SM2 encryption certificate for spiffe://TD/worker/NODE,
+	// so the worker's component links can run over TLCP. Only when the CA
+	// runs the gm suite (FAILED_PRECONDITION otherwise).
+	MintWorkerGM(context.Context, *MintWorkerGMRequest) (*MintWorkerGMResponse, error)
 	mustEmbedUnimplementedNodeIdentityServer()
 }
 
@@ -196,6 +219,9 @@ func (UnimplementedNodeIdentityServer) MintJWTSVID(context.Context, *MintJWTSVID
 }
 func (UnimplementedNodeIdentityServer) Bundles(*BundlesRequest, grpc.ServerStreamingServer[TrustBundles]) error {
 	return status.Error(codes.Unimplemented, "method Bundles not implemented")
+}
+func (UnimplementedNodeIdentityServer) MintWorkerGM(context.Context, *MintWorkerGMRequest) (*MintWorkerGMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintWorkerGM not implemented")
 }
 func (UnimplementedNodeIdentityServer) mustEmbedUnimplementedNodeIdentityServer() {}
 func (UnimplementedNodeIdentityServer) testEmbeddedByValue()                      {}
@@ -290,6 +316,24 @@ func _NodeIdentity_Bundles_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeIdentity_BundlesServer = grpc.ServerStreamingServer[TrustBundles]
 
+func _NodeIdentity_MintWorkerGM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintWorkerGMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeIdentityServer).MintWorkerGM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeIdentity_MintWorkerGM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeIdentityServer).MintWorkerGM(ctx, req.(*MintWorkerGMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeIdentity_ServiceDesc is the grpc.ServiceDesc for NodeIdentity service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -308,6 +352,10 @@ var NodeIdentity_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintJWTSVID",
 			Handler:    _NodeIdentity_MintJWTSVID_Handler,
+		},
+		{
+			MethodName: "MintWorkerGM",
+			Handler:    _NodeIdentity_MintWorkerGM_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -11,8 +11,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync/atomic"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 

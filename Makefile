@@ -30,8 +30,9 @@ deps: ## Install what the build and tests need (Debian packages, Go modules) whe
 	$(GO) mod download
 
 .PHONY: build
-build: ## Build bin/zfaas
+build: ## Build bin/zfaas and the micro-VM guest agent bin/zfaas-agent
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/zfaas ./cmd/zfaas
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/zfaas-agent ./runtime/guestagent/cmd/zfaas-agent
 
 .PHONY: examples
 examples: ## Build the example functions into build/examples

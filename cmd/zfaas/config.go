@@ -103,6 +103,10 @@ type gatewayConfig struct {
 
 type workerConfig struct {
 	Sandbox string `yaml:"sandbox"`
+	// MicroVM configures worker.sandbox: microvm.
+	MicroVM microVMConfig `yaml:"microvm"`
+	// Containerd configures worker.sandbox: container.
+	Containerd containerdConfig `yaml:"containerd"`
 	// Egress is "enforce" (default: every instance may reach only what
 	// zfaas.egress allows, enforced by eBPF in the kernel) or "off"
 	// (development on hosts without BPF: instances have the host's
@@ -138,6 +142,29 @@ type storeConfig struct {
 	// machines (TLS; only worker and gateway SVIDs may connect); empty:
 	// no TCP port.
 	Listen string `yaml:"listen"`
+}
+
+// microVMConfig configures the micro-VM sandbox (docs/microvm.md).
+type microVMConfig struct {
+	// KernelDir holds vmlinux and the virtio modules (make vmkernel).
+	KernelDir string `yaml:"kernel_dir"`
+	// QEMU is the qemu-system-x86_64 binary.
+	QEMU string `yaml:"qemu"`
+	// Agent is the guest agent binary (default: zfaas-agent beside the
+	// zfaas binary).
+	Agent string `yaml:"agent"`
+	// Accel is auto (KVM when a probe boot proves it works, else TCG),
+	// kvm or tcg.
+	Accel string `yaml:"accel"`
+}
+
+// containerdConfig configures the container sandbox (docs/container.md).
+type containerdConfig struct {
+	Address   string `yaml:"address"`
+	Namespace string `yaml:"namespace"`
+	// Runtime is the runtime class: io.containerd.runc.v2 or
+	// io.containerd.kata.v2.
+	Runtime string `yaml:"runtime"`
 }
 
 // clusterConfig configures how workers on other machines join.
@@ -306,8 +333,16 @@ func (c *upConfig) validate() error {
 	if c.Worker.Egress != "enforce" && c.Worker.Egress != "off" {
 		return fmt.Errorf("worker.egress %q: want enforce or off", c.Worker.Egress)
 	}
-	if c.Worker.Sandbox != "process" {
-		return fmt.Errorf("worker.sandbox %q: only \"process\" is available in this build", c.Worker.Sandbox)
+	switch c.Worker.Sandbox {
+	case "process", "container":
+	case "microvm":
+		switch c.Worker.MicroVM.Accel {
+		case "", "auto", "kvm", "tcg":
+		default:
+			return fmt.Errorf("worker.microvm.accel %q: want auto, kvm or tcg", c.Worker.MicroVM.Accel)
+		}
+	default:
+		return fmt.Errorf("worker.sandbox %q: want process, microvm or container", c.Worker.Sandbox)
 	}
 	if c.Gateway.MaxPayloadBytes <= 0 || c.Gateway.MaxPayloadBytes > 64<<20 {
 		return fmt.Errorf("gateway.max_payload_bytes %d: want 1..%d", c.Gateway.MaxPayloadBytes, 64<<20)

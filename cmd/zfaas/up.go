@@ -39,6 +39,9 @@ import (
 	"github.com/zfaas/zfaas/runtime/attest/swtpm"
 	"github.com/zfaas/zfaas/runtime/cluster"
 	"github.com/zfaas/zfaas/runtime/egress"
+	"github.com/zfaas/zfaas/runtime/sandbox"
+	"github.com/zfaas/zfaas/runtime/sandbox/container"
+	"github.com/zfaas/zfaas/runtime/sandbox/microvm"
 	"github.com/zfaas/zfaas/runtime/sandbox/process"
 	"github.com/zfaas/zfaas/runtime/svid"
 	"github.com/zfaas/zfaas/runtime/worker"
@@ -52,6 +55,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 	dataDir := fs.String("data-dir", "", "data directory (default "+cfg.DataDir+")")
 	listen := fs.String("listen", "", "gateway HTTPS (mutual TLS) address (default "+cfg.Gateway.Listen+")")
 	grpcListen := fs.String("grpc-listen", "", "gateway gRPC (mutual TLS) address, or \"off\" (default "+cfg.Gateway.GRPCListen+")")
+	sandboxFlag := fs.String("sandbox", "", "sandbox driver: process, microvm or container (default "+cfg.Worker.Sandbox+")")
 	suite := fs.String("suite", "", "identity suite: standard (ECDSA P-256) or gm (also SM2 sign+encryption certificates; the gateway then speaks TLCP and TLS 1.3 on one port) (default "+cfg.Identity.Suite+")")
 	healthListen := fs.String("health-listen", "", "plain HTTP address for /healthz and /metrics only, or \"off\" (default "+cfg.Gateway.HealthListen+")")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
@@ -65,7 +69,7 @@ func runUp(ctx context.Context, args []string, getenv env, stdout, stderr io.Wri
 			return err
 		}
 	}
-	for dst, v := range map[*string]string{&cfg.Identity.Suite: *suite, &cfg.DataDir: *dataDir, &cfg.Gateway.Listen: *listen, &cfg.Gateway.GRPCListen: *grpcListen, &cfg.LogLevel: *logLevel} {
+	for dst, v := range map[*string]string{&cfg.Worker.Sandbox: *sandboxFlag, &cfg.Identity.Suite: *suite, &cfg.DataDir: *dataDir, &cfg.Gateway.Listen: *listen, &cfg.Gateway.GRPCListen: *grpcListen, &cfg.LogLevel: *logLevel} {
 		if v != "" {
 			*dst = v
 		}
@@ -188,6 +192,8 @@ type platform struct {
 	// address the in-process worker attests with ("" when not attested).
 	swtpm    *swtpm.TPM
 	localTPM string
+	// closers run at close, after the worker stopped its instances.
+	closers []func() error
 	// egress enforces zfaas.egress on instances; nil when worker.egress
 	// is off.
 	egress *egressBinding
@@ -318,13 +324,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	log.Warn("sandbox driver \"process\": instances are isolated by namespaces, cgroups and seccomp, not by a virtual machine (development isolation)")
-	driver, err := process.New(process.Config{
-		StateDir: filepath.Join(cfg.DataDir, "sandbox"),
-		UID:      cfg.Worker.UID,
-		GID:      cfg.Worker.GID,
-		Logger:   log,
-	})
+	driver, err := p.newDriver(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
@@ -403,7 +403,11 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		}
 	}
 	if cfg.Worker.Egress == "enforce" {
-		if err := p.startEgress(bg, driver.CgroupV2Parent(), reg); err != nil {
+		cp, ok := driver.(interface{ CgroupV2Parent() string })
+		if !ok {
+			return nil, fmt.Errorf("worker.sandbox %s cannot be combined with egress enforcement yet (worker.egress: off)", cfg.Worker.Sandbox)
+		}
+		if err := p.startEgress(bg, cp.CgroupV2Parent(), reg); err != nil {
 			return nil, err
 		}
 	} else {
@@ -578,6 +582,9 @@ func (p *platform) close(ctx context.Context) error {
 		}
 		if p.worker != nil {
 			errs = append(errs, p.worker.Close(ctx))
+		}
+		for _, c := range p.closers {
+			errs = append(errs, c())
 		}
 		if p.egress != nil {
 			// Enforcement stays pinned in the kernel; a restart adopts it.
@@ -814,4 +821,48 @@ func writeAdminSVID(ctx context.Context, p *platform, cc clientConfig) error {
 		return fmt.Errorf("SM2 certificates: %w", err)
 	}
 	return writeGMFiles(cc, sign, enc, p.identity.GMRoots())
+}
+
+// newDriver builds the sandbox driver worker.sandbox names.
+func (p *platform) newDriver(cfg upConfig) (sandbox.Driver, error) {
+	switch cfg.Worker.Sandbox {
+	case "microvm":
+		m := cfg.Worker.MicroVM
+		agent := m.Agent
+		if agent == "" {
+			exe, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			agent = filepath.Join(filepath.Dir(exe), "zfaas-agent")
+		}
+		d, err := microvm.New(microvm.Config{
+			KernelDir: m.KernelDir, QEMUPath: m.QEMU, AgentPath: agent, Accel: m.Accel,
+			StateDir: filepath.Join(cfg.DataDir, "microvm"), Logger: p.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		p.log.Info("sandbox driver \"microvm\": every instance runs in its own QEMU micro-VM", "accel", d.Accel())
+		return d, nil
+	case "container":
+		c := cfg.Worker.Containerd
+		d, err := container.New(container.Config{
+			Address: c.Address, Namespace: c.Namespace, Runtime: c.Runtime,
+			StateDir: filepath.Join(cfg.DataDir, "sandbox-container"), UID: cfg.Worker.UID, GID: cfg.Worker.GID, Logger: p.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		p.closers = append(p.closers, d.Close)
+		p.log.Warn("sandbox driver \"container\": isolation comes from the containerd runtime class", "runtime", c.Runtime)
+		return d, nil
+	}
+	p.log.Warn("sandbox driver \"process\": instances are isolated by namespaces, cgroups and seccomp, not by a virtual machine (development isolation)")
+	return process.New(process.Config{
+		StateDir: filepath.Join(cfg.DataDir, "sandbox"),
+		UID:      cfg.Worker.UID,
+		GID:      cfg.Worker.GID,
+		Logger:   p.log,
+	})
 }

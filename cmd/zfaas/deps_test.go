@@ -9,6 +9,13 @@ import (
 	"testing"
 )
 
+// testSupport are the packages only tests (and the benchmarks) may import.
+var testSupport = map[string]bool{
+	"runtime/sandbox/sandboxtest": true,
+	"runtime/attest/swtpmtest":    true,
+	"crypto/tlcp/tlcptest":        true,
+}
+
 // TestDependencyDirection enforces the dependency rules of DESIGN.md: cmd →
 // roles → shared leaves, never backwards, and no test code in production.
 func TestDependencyDirection(t *testing.T) {
@@ -56,6 +63,9 @@ func TestDependencyDirection(t *testing.T) {
 				continue
 			}
 			irel := strings.TrimPrefix(imp, mod)
+			if testSupport[irel] && !testSupport[rel] && !under(rel, "bench") {
+				t.Errorf("%s imports the test-support package %s in production code", rel, irel)
+			}
 			if strings.HasPrefix(irel, "cmd/") || irel == "cmd" {
 				t.Errorf("%s imports %s: nothing may import cmd/", rel, irel)
 			}

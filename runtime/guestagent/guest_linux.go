@@ -76,11 +76,11 @@ func RunGuest() error {
 		return nil // probe: power off
 	}
 	m.OnOpen = func(s *Stream, o Open) {
-		if o.Port <= 0 || o.Port > 65535 {
+		if o.Kind != StreamTCP || o.Port <= 0 || o.Port > 65535 {
 			s.Reject(errors.New("bad port"))
 			return
 		}
-		c, err := net.DialTimeout("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(o.Port)), 5*time.Second)
+		c, err := dialFunction(o.Port, functionStartWait)
 		if err != nil {
 			s.Reject(err)
 			return
@@ -97,7 +97,19 @@ func RunGuest() error {
 			_ = m.SendJSON(TStarted, Started{Error: fmt.Sprintf("listen %s: %v", addr, err)})
 			return err
 		}
-		go forward(m, l, i)
+		go forward(m, l, Open{Forward: i})
+	}
+	if err := checkSockets(cfg.Sockets); err != nil {
+		_ = m.SendJSON(TStarted, Started{Error: err.Error()})
+		return err
+	}
+	for i, p := range cfg.Sockets {
+		l, err := listenUnix(p, cfg.UID, cfg.GID)
+		if err != nil {
+			_ = m.SendJSON(TStarted, Started{Error: err.Error()})
+			return err
+		}
+		go forward(m, l, Open{Kind: StreamUnix, Forward: i})
 	}
 	exit := runCommand(m, cfg)
 	_ = m.SendJSON(TExit, exit)
@@ -106,14 +118,50 @@ func RunGuest() error {
 	return nil
 }
 
-func forward(m *Mux, l net.Listener, idx int) {
+// checkSockets validates Config.Sockets against the protocol's bounds.
+func checkSockets(paths []string) error {
+	if len(paths) > MaxSockets {
+		return fmt.Errorf("%d sockets, at most %d", len(paths), MaxSockets)
+	}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || len(p) > MaxSocketPath {
+			return fmt.Errorf("socket path %q: want a clean absolute path of at most %d bytes", p, MaxSocketPath)
+		}
+	}
+	return nil
+}
+
+// listenUnix listens on the guest socket p (creating its directory) with
+// mode 0600 owned by uid:gid, the command's user.
+func listenUnix(p string, uid, gid int) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, fmt.Errorf("socket %s: %w", p, err)
+	}
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", p, err)
+	}
+	if err := os.Chmod(p, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("socket %s: %w", p, err)
+	}
+	if err := os.Lchown(p, uid, gid); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("socket %s: %w", p, err)
+	}
+	return l, nil
+}
+
+// forward opens a stream described by o for every connection l accepts
+// and bridges the two.
+func forward(m *Mux, l net.Listener, o Open) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
 		go func() {
-			s, err := m.OpenStream(Open{Forward: idx}, 10*time.Second)
+			s, err := m.OpenStream(o, 10*time.Second)
 			if err != nil {
 				c.Close()
 				return
@@ -298,4 +346,25 @@ func PowerOff() {
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	os.Exit(1)
+}
+
+// functionStartWait bounds how long a connection from the host waits for
+// the function to listen on its port: the host side accepts on the
+// function's behalf as soon as the VM runs, before the function in the
+// guest has opened the port.
+const functionStartWait = 30 * time.Second
+
+// dialFunction connects to the function's port in the guest, retrying
+// while the port refuses connections (the function is still starting), up
+// to wait.
+func dialFunction(port int, wait time.Duration) (net.Conn, error) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

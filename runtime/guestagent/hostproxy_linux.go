@@ -15,8 +15,14 @@ import (
 
 // ProxyRequest is one request from the driver to the host proxy.
 type ProxyRequest struct {
-	ID   uint64 `json:"id"`
-	Op   string `json:"op"` // "dial" or "listen" (tcp4 only)
+	ID uint64 `json:"id"`
+	Op string `json:"op"` // "dial" or "listen"
+	// Net is "" (tcp4) or, for "dial" only, "unix": Addr is then a host
+	// socket path. The driver sends only paths it found in the instance's
+	// mounts (the Workload API endpoint), never one the guest named; the
+	// server at that path sees this process, in the instance's cgroup, as
+	// its peer (SO_PEERCRED), and attests it as the instance.
+	Net  string `json:"net,omitempty"`
 	Addr string `json:"addr"`
 }
 
@@ -32,9 +38,9 @@ type ProxyReply struct {
 
 // RunHostProxy serves proxy requests on ctl, a SOCK_SEQPACKET Unix socket
 // shared with the driver, until it is closed. The process runs inside the
-// instance's cgroup: it dials and listens itself and relays every TCP
-// connection to a socket pair whose other end it hands to the driver, so
-// the TCP sockets are created and held inside the cgroup.
+// instance's cgroup: it dials and listens itself and relays every TCP (or
+// Unix, for dials) connection to a socket pair whose other end it hands to
+// the driver, so the host sockets are created and held inside the cgroup.
 func RunHostProxy(ctl *os.File) error {
 	fd := int(ctl.Fd())
 	var wmu sync.Mutex
@@ -63,8 +69,17 @@ func RunHostProxy(ctl *os.File) error {
 		}
 		switch req.Op {
 		case "dial":
+			network := "tcp4"
+			switch req.Net {
+			case "":
+			case "unix":
+				network = "unix"
+			default:
+				_ = send(ProxyReply{ID: req.ID, Err: "unknown net"}, nil)
+				continue
+			}
 			go func() {
-				c, err := net.DialTimeout("tcp4", req.Addr, 10*time.Second)
+				c, err := net.DialTimeout(network, req.Addr, 10*time.Second)
 				if err != nil {
 					_ = send(ProxyReply{ID: req.ID, Err: err.Error()}, nil)
 					return
@@ -72,6 +87,10 @@ func RunHostProxy(ctl *os.File) error {
 				relay(c, func(f *os.File) error { return send(ProxyReply{ID: req.ID}, f) })
 			}()
 		case "listen":
+			if req.Net != "" {
+				_ = send(ProxyReply{ID: req.ID, Err: "listen is tcp4 only"}, nil)
+				continue
+			}
 			l, err := net.Listen("tcp4", req.Addr)
 			if err != nil {
 				_ = send(ProxyReply{ID: req.ID, Err: err.Error()}, nil)

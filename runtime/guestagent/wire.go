@@ -6,7 +6,9 @@
 // Ready frame, receives the instance's [Config], runs the function's command
 // and forwards its output and exit. TCP connections are tunnelled in both
 // directions as flow-controlled streams multiplexed over the one channel
-// ([Mux]), so the guest needs no NIC. [RunHostProxy] is the host-side helper
+// ([Mux]), so the guest needs no NIC. Unix sockets the host put in the
+// instance's mounts (the SPIFFE Workload API endpoint) are served in the
+// guest at the same place and tunnelled the same way, guest to host only. [RunHostProxy] is the host-side helper
 // that the driver runs inside the instance's cgroup so that every host socket
 // made on the VM's behalf belongs to that cgroup (eBPF egress rules and the
 // worker's peer checks apply).
@@ -51,8 +53,17 @@ const (
 	chunk = 32 << 10
 	// window is each stream's initial receive window.
 	window = 256 << 10
-	// Version is the protocol version in Ready.
-	Version = 1
+	// MaxStreams bounds the streams open at once on one Mux (both
+	// directions together); opens beyond it are refused, not queued.
+	MaxStreams = 256
+	// MaxSockets bounds Config.Sockets.
+	MaxSockets = 16
+	// MaxSocketPath bounds a Config.Sockets path (sun_path is 108 bytes
+	// with its terminating NUL).
+	MaxSocketPath = 107
+	// Version is the protocol version in Ready. 2 added Config.Sockets,
+	// Open.Kind and MaxStreams.
+	Version = 2
 	// PortName is the virtio-serial port name of the agent channel.
 	PortName = "zfaas.agent"
 )
@@ -83,6 +94,13 @@ type Config struct {
 	// UID and GID run the command; 0 keeps root (the VM is the boundary).
 	UID int `json:"uid,omitempty"`
 	GID int `json:"gid,omitempty"`
+	// Sockets are absolute guest paths of Unix sockets the agent listens
+	// on before it starts the command (at most MaxSockets, each at most
+	// MaxSocketPath bytes; mode 0600, owned by UID/GID). Each accepted
+	// connection becomes a stream opened with Open{Kind: StreamUnix,
+	// Forward: index}. The host alone knows which host socket an index
+	// stands for: the guest can never name a host path.
+	Sockets []string `json:"sockets,omitempty"`
 }
 
 // Started reports that the command runs, or why it could not start.
@@ -98,12 +116,23 @@ type Exit struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// Stream kinds in Open.Kind.
+const (
+	StreamTCP  = ""     // Forward indexes Config.Listen (guest→host), or Port (host→guest)
+	StreamUnix = "unix" // Forward indexes Config.Sockets; guest→host only
+)
+
 // Open starts a stream: Forward (guest→host) names an index of
-// Config.Listen; Port (host→guest) a guest loopback TCP port to dial.
+// Config.Listen, or of Config.Sockets when Kind is StreamUnix; Port
+// (host→guest) a guest loopback TCP port to dial.
 type Open struct {
-	Forward int `json:"forward,omitempty"`
-	Port    int `json:"port,omitempty"`
+	Kind    string `json:"kind,omitempty"`
+	Forward int    `json:"forward,omitempty"`
+	Port    int    `json:"port,omitempty"`
 }
+
+// errTooManyStreams refuses an open beyond MaxStreams.
+var errTooManyStreams = errors.New("guestagent: too many open streams")
 
 // ErrClosed is returned by operations on a closed Mux or Stream.
 var ErrClosed = errors.New("guestagent: closed")
@@ -259,9 +288,13 @@ func (m *Mux) dispatch(typ byte, id uint32, p []byte) error {
 		if (id%2 == 1) == m.odd || id == 0 {
 			return fmt.Errorf("guestagent: peer opened stream %d with our parity", id)
 		}
-		s := m.newStream(id)
-		if s == nil {
-			return fmt.Errorf("guestagent: stream %d opened twice", id)
+		s, err := m.newStream(id)
+		if errors.Is(err, errTooManyStreams) {
+			// Refused without registering; written off the read loop.
+			go func() { _ = m.write(TOpenResult, id, []byte(err.Error())) }()
+			return nil
+		} else if err != nil {
+			return err
 		}
 		if m.OnOpen == nil {
 			s.Reject(errors.New("no streams accepted"))
@@ -285,16 +318,21 @@ func (m *Mux) dispatch(typ byte, id uint32, p []byte) error {
 	return nil
 }
 
-func (m *Mux) newStream(id uint32) *Stream {
+// newStream registers stream id; it fails for an id in use and, with
+// errTooManyStreams, when MaxStreams are open.
+func (m *Mux) newStream(id uint32) (*Stream, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.streams[id]; ok {
-		return nil
+		return nil, fmt.Errorf("guestagent: stream %d opened twice", id)
+	}
+	if len(m.streams) >= MaxStreams {
+		return nil, errTooManyStreams
 	}
 	s := &Stream{m: m, id: id, credit: window, opened: make(chan string, 1)}
 	s.cond = sync.NewCond(&s.mu)
 	m.streams[id] = s
-	return s
+	return s, nil
 }
 
 // OpenStream opens a stream to the peer and waits until the peer accepted
@@ -310,7 +348,10 @@ func (m *Mux) OpenStream(o Open, timeout time.Duration) (*Stream, error) {
 	id := m.next
 	m.next += 2
 	m.mu.Unlock()
-	s := m.newStream(id)
+	s, err := m.newStream(id)
+	if err != nil {
+		return nil, err
+	}
 	b, _ := json.Marshal(o)
 	if err := m.write(TOpen, id, b); err != nil {
 		s.forget()

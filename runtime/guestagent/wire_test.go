@@ -59,3 +59,49 @@ func TestStreamFlowControl(t *testing.T) {
 		t.Errorf("Next = %v, %v; want config frame", f.Type, err)
 	}
 }
+
+// TestMaxStreams checks that opens beyond MaxStreams are refused while the
+// session goes on, and that closing a stream frees its slot.
+func TestMaxStreams(t *testing.T) {
+	a, b := net.Pipe()
+	host, guest := NewMux(a, false), NewMux(b, true)
+	host.OnOpen = func(s *Stream, o Open) {
+		if o.Kind != StreamUnix {
+			s.Reject(io.ErrUnexpectedEOF)
+			return
+		}
+		_ = s.Accept()
+	}
+	go host.Run()
+	go guest.Run()
+	defer host.Close()
+	defer guest.Close()
+	var open []*Stream
+	for i := range MaxStreams {
+		s, err := guest.OpenStream(Open{Kind: StreamUnix, Forward: i}, 5*time.Second)
+		if err != nil {
+			t.Fatalf("OpenStream %d: %v", i, err)
+		}
+		open = append(open, s)
+	}
+	if _, err := guest.OpenStream(Open{Kind: StreamUnix}, 5*time.Second); err == nil {
+		t.Fatalf("OpenStream %d succeeded, want refusal", MaxStreams+1)
+	}
+	// Free a slot on both sides: the guest closes, the host closes back.
+	host.mu.Lock()
+	hs := host.streams[open[0].id]
+	host.mu.Unlock()
+	open[0].Close()
+	hs.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := guest.OpenStream(Open{Kind: StreamUnix}, 5*time.Second)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("OpenStream after a close: %v, want success", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

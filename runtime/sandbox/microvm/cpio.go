@@ -146,7 +146,9 @@ func (c *cpioWriter) hostFile(name, src string, perm uint32) error {
 // directories, regular files and symbolic links are copied; everything is
 // made read-only (the guest runs the function on a read-only view in
 // spirit; the rootfs is tmpfs, so this is the permission bits only).
-func (c *cpioWriter) tree(src, target string) error {
+// Unix sockets are not copied but, when onSocket is set, reported with
+// their host path and guest path (symbolic links are never followed).
+func (c *cpioWriter) tree(src, target string, onSocket func(host, guest string) error) error {
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -172,8 +174,10 @@ func (c *cpioWriter) tree(src, target string) error {
 				return err
 			}
 			return c.symlink(name, t)
+		case fi.Mode().Type() == fs.ModeSocket && onSocket != nil:
+			return onSocket(p, "/"+name)
 		default:
-			return nil // sockets, devices, fifos do not cross into the VM
+			return nil // devices, fifos (and unreported sockets) do not cross into the VM
 		}
 	})
 }

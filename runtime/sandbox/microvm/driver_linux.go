@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net"
@@ -73,6 +74,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.Limits.CPUs == 0 {
 		cfg.Limits.CPUs = DefaultCPUs
+	}
+	switch {
+	case cfg.UID == 0 && cfg.GID == 0:
+		cfg.UID, cfg.GID = 65534, 65534
+	case cfg.UID < 0 || cfg.GID < 0:
+		cfg.UID, cfg.GID = 0, 0
 	}
 	if cfg.OverheadBytes == 0 {
 		cfg.OverheadBytes = DefaultOverheadBytes
@@ -291,7 +298,8 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 		return nil, fmt.Errorf("%w: state dir: %w", ErrInstanceExists, err)
 	}
 	cleanups = append(cleanups, func() { os.RemoveAll(dir) })
-	if err := d.writeInitrd(dir, &spec); err != nil {
+	sockets, err := d.writeInitrd(dir, &spec)
+	if err != nil {
 		return nil, fmt.Errorf("%w: initramfs: %w", ErrBootFailed, err)
 	}
 	cg, err := d.cg.create(spec.ID, mem+d.cfg.OverheadBytes, cpus, DefaultHostPIDs)
@@ -333,7 +341,8 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 			Accel:        accel,
 		},
 	}
-	gcfg := guestagent.Config{Args: spec.Args, Env: spec.Env, WorkDir: spec.WorkDir, UnixNanos: time.Now().UnixNano()}
+	gcfg := guestagent.Config{Args: spec.Args, Env: spec.Env, WorkDir: spec.WorkDir, UnixNanos: time.Now().UnixNano(),
+		UID: d.cfg.UID, GID: d.cfg.GID}
 	if gcfg.WorkDir == "" {
 		gcfg.WorkDir = sandbox.TaskRoot
 	}
@@ -358,6 +367,10 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 		}
 	}
 	inst.forwards = forwards
+	for _, s := range sockets {
+		gcfg.Sockets = append(gcfg.Sockets, s.guest)
+		inst.sockets = append(inst.sockets, s.host)
+	}
 	vm.mux.OnOpen = inst.fromGuest
 	if err := vm.mux.SendJSON(guestagent.TConfig, gcfg); err != nil {
 		return nil, fmt.Errorf("%w: send config: %w", ErrBootFailed, err)
@@ -385,39 +398,64 @@ func (d *Driver) release(id string) {
 	d.mu.Unlock()
 }
 
+// unixForward is a host Unix socket found in Spec.Mounts and the guest
+// path the agent serves it at.
+type unixForward struct {
+	host, guest string
+}
+
 // writeInitrd writes the shared part followed by the instance's code and
-// mounts.
-func (d *Driver) writeInitrd(dir string, spec *sandbox.Spec) error {
+// mounts. It returns the Unix sockets found in the mounts (not in the code
+// dir), which the agent serves in the guest and the driver forwards.
+func (d *Driver) writeInitrd(dir string, spec *sandbox.Spec) ([]unixForward, error) {
 	f, err := os.OpenFile(filepath.Join(dir, initrdName), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer f.Close()
 	if _, err := f.Write(d.base); err != nil {
-		return err
+		return nil, err
 	}
 	c := newCpio(f, maxInitramfsBytes-int64(len(d.base)))
-	if err := c.tree(spec.CodeDir, sandbox.TaskRoot); err != nil {
-		return fmt.Errorf("code dir: %w", err)
+	if err := c.tree(spec.CodeDir, sandbox.TaskRoot, nil); err != nil {
+		return nil, fmt.Errorf("code dir: %w", err)
+	}
+	var sockets []unixForward
+	seen := map[string]bool{}
+	onSocket := func(host, guest string) error {
+		switch {
+		case len(sockets) == guestagent.MaxSockets:
+			return fmt.Errorf("more than %d sockets in the mounts", guestagent.MaxSockets)
+		case len(guest) > guestagent.MaxSocketPath:
+			return fmt.Errorf("socket %s: guest path over %d bytes", guest, guestagent.MaxSocketPath)
+		case seen[guest]:
+			return fmt.Errorf("socket %s mounted twice", guest)
+		}
+		seen[guest] = true
+		sockets = append(sockets, unixForward{host: host, guest: guest})
+		return nil
 	}
 	for _, m := range spec.Mounts {
 		fi, err := os.Stat(m.Source)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if fi.IsDir() {
-			err = c.tree(m.Source, m.Target)
-		} else if fi.Mode().IsRegular() {
+		switch {
+		case fi.IsDir():
+			err = c.tree(m.Source, m.Target, onSocket)
+		case fi.Mode().IsRegular():
 			err = c.hostFile(strings.TrimPrefix(m.Target, "/"), m.Source, uint32(fi.Mode().Perm())&^0o222)
+		case fi.Mode().Type() == fs.ModeSocket:
+			err = onSocket(m.Source, m.Target)
 		}
 		if err != nil {
-			return fmt.Errorf("mount %s: %w", m.Source, err)
+			return nil, fmt.Errorf("mount %s: %w", m.Source, err)
 		}
 	}
 	if err := c.close(); err != nil {
-		return err
+		return nil, err
 	}
-	return f.Close()
+	return sockets, f.Close()
 }
 
 // startProxy runs "agent host-proxy" inside cg.
@@ -582,6 +620,9 @@ func (v *vm) waitReady(ctx context.Context) (guestagent.Ready, error) {
 	if f.Type != guestagent.TReady || json.Unmarshal(f.Payload, &r) != nil {
 		return r, fmt.Errorf("agent sent frame %d, want ready", f.Type)
 	}
+	if r.Version != guestagent.Version {
+		return r, fmt.Errorf("agent speaks protocol %d, want %d (rebuild the agent)", r.Version, guestagent.Version)
+	}
 	if r.Error != "" {
 		return r, fmt.Errorf("agent setup: %s", r.Error)
 	}
@@ -601,4 +642,8 @@ func (v *vm) kill() {
 	}
 }
 
-var errNoForward = errors.New("no such forward")
+// Reasons sent to the guest when a stream it opened is refused.
+var (
+	errNoForward     = errors.New("no such forward")
+	errForwardFailed = errors.New("host dial failed")
+)

@@ -36,7 +36,8 @@ type Instance struct {
 	vm       *vm
 	proxy    *proxyClient
 	proxyCmd *exec.Cmd
-	forwards []string
+	forwards []string // host TCP addresses, by Config.Listen index
+	sockets  []string // host Unix socket paths from Spec.Mounts, by Config.Sockets index
 	stdout   io.Writer
 	stderr   io.Writer
 	// Boot is the instance's cold-start breakdown; immutable.
@@ -128,17 +129,30 @@ func (i *Instance) run() {
 }
 
 // fromGuest serves a stream the agent opened for a connection accepted on
-// a forwarded guest address: dial the host address from the cgroup.
+// a forwarded guest address or socket: dial the host address, or the host
+// socket the index stands for, from the cgroup. The guest only names an
+// index; the host paths come from Spec.Mounts.
 func (i *Instance) fromGuest(s *guestagent.Stream, o guestagent.Open) {
-	if o.Forward < 0 || o.Forward >= len(i.forwards) {
+	var dial func(context.Context) (net.Conn, error)
+	switch {
+	case o.Kind == guestagent.StreamTCP && o.Forward >= 0 && o.Forward < len(i.forwards):
+		addr := i.forwards[o.Forward]
+		dial = func(ctx context.Context) (net.Conn, error) { return i.proxy.dial(ctx, addr) }
+	case o.Kind == guestagent.StreamUnix && o.Forward >= 0 && o.Forward < len(i.sockets):
+		path := i.sockets[o.Forward]
+		dial = func(ctx context.Context) (net.Conn, error) { return i.proxy.dialUnix(ctx, path) }
+	default:
 		s.Reject(errNoForward)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	c, err := i.proxy.dial(ctx, i.forwards[o.Forward])
+	c, err := dial(ctx)
 	cancel()
 	if err != nil {
-		s.Reject(err)
+		// The detail names host addresses and paths: log it, tell the
+		// guest only that the dial failed.
+		i.d.log.Warn("forward from guest failed", "id", i.id, "kind", o.Kind, "forward", o.Forward, "err", err)
+		s.Reject(errForwardFailed)
 		return
 	}
 	if err := s.Accept(); err != nil {

@@ -8,10 +8,15 @@
 // the guest on the address of AWS_LAMBDA_RUNTIME_API and the driver has a
 // host proxy, running inside the instance's cgroup, dial the real address;
 // for HTTP mode the proxy listens on the host's 127.0.0.1:PORT and each
-// connection is tunnelled to the guest's 127.0.0.1:PORT. QEMU and the proxy
-// both run in the instance's cgroup (created before either starts and
-// handed to Spec.BeforeStart), so eBPF egress rules keyed by that cgroup and
-// the worker's loopback peer checks apply to VMs exactly as to processes.
+// connection is tunnelled to the guest's 127.0.0.1:PORT. Unix sockets in
+// Spec.Mounts (the SPIFFE Workload API endpoint) are served by the agent at
+// their guest path and each connection is dialled by the proxy to the host
+// socket, so the Workload API attests the proxy, in the instance's cgroup,
+// as the instance; the guest names only an index, never a host path.
+// QEMU and the proxy both run in the instance's cgroup (created before
+// either starts and handed to Spec.BeforeStart), so eBPF egress rules keyed
+// by that cgroup and the worker's loopback peer checks apply to VMs exactly
+// as to processes.
 //
 // The accelerator is KVM only where a probe VM boots to the agent's Ready
 // within Config.ProbeTimeout; otherwise TCG. The driver must never give a
@@ -102,6 +107,10 @@ type Config struct {
 	TSCKHz int
 	// Logger receives the driver's logs. Default: discarded.
 	Logger *slog.Logger
+	// UID and GID run the function inside the guest (default 65534, as
+	// the process driver); the VM is the boundary, and an unprivileged
+	// function inside it is a second one. -1 keeps root.
+	UID, GID int
 }
 
 var _ sandbox.Driver = (*Driver)(nil)

@@ -19,7 +19,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/zfaas/zfaas/identity"
 	"github.com/zfaas/zfaas/runtime/sandbox"
+	"github.com/zfaas/zfaas/runtime/svid"
+	"github.com/zfaas/zfaas/runtime/worker"
 )
 
 // syncBuffer is a bytes.Buffer safe for the instance's writer goroutine.
@@ -227,7 +235,7 @@ func TestStopRemovesEverythingAndMemoryIsPassed(t *testing.T) {
 	var sawCgroup string
 	inst, err := d.Start(ctx, sandbox.Spec{
 		ID: "vm-stop", CodeDir: code, Args: []string{"/var/task/fn", "serve"}, Env: []string{"PORT=1"},
-		Limits: sandbox.Limits{MemoryBytes: 96 << 20},
+		Limits: sandbox.Limits{MemoryBytes: 128 << 20},
 		BeforeStart: func(_ context.Context, cg string) error {
 			sawCgroup = cg
 			return nil
@@ -242,8 +250,8 @@ func TestStopRemovesEverythingAndMemoryIsPassed(t *testing.T) {
 	}
 	pid := vi.QEMUPid()
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !bytes.Contains(cmdline, []byte("\x00-m\x0096M\x00")) {
-		t.Errorf("qemu cmdline %q lacks -m 96M", bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
+	if !bytes.Contains(cmdline, []byte("\x00-m\x00128M\x00")) {
+		t.Errorf("qemu cmdline %q lacks -m 128M", bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
 	}
 	procs, _ := os.ReadFile(filepath.Join(inst.CgroupV2Path(), "cgroup.procs"))
 	if !strings.Contains(string(procs), strconv.Itoa(pid)) {
@@ -284,4 +292,79 @@ func rssKiB(pid int) int {
 		}
 	}
 	return 0
+}
+
+// TestWorkloadAPIInGuest serves the worker's real Workload API endpoint
+// (runtime/svid over a CA in a temp dir, attested by the instance's
+// cgroup) through Spec.Mounts; a go-spiffe client in the guest fetches
+// its X.509-SVID over the tunnelled socket and must get its function's ID.
+func TestWorkloadAPIInGuest(t *testing.T) {
+	d, _ := newDriver(t)
+	code := t.TempDir()
+	goBuild(t, "./testdata/svidfn", filepath.Join(code, "svidfn"))
+	ctx := context.Background()
+	const td, tenant, function = "zfaas.test", "acme", "hello"
+	prov, err := svid.Start(ctx, svid.Config{Dir: t.TempDir(), TrustDomain: td})
+	if err != nil {
+		t.Fatalf("svid.Start: %v", err)
+	}
+	defer prov.Close()
+
+	// The cgroup is known only once the driver made it (BeforeStart), as
+	// in runtime/worker.
+	var cgDir string
+	known := make(chan struct{})
+	cgroupOf := func() (string, error) {
+		select {
+		case <-known:
+			return cgDir, nil
+		case <-time.After(60 * time.Second):
+			return "", errors.New("instance never started")
+		}
+	}
+	epDir, closeEP, err := prov.Endpoint(ctx, worker.EndpointSpec{
+		InstanceID: "vm-svid", Tenant: tenant, Function: function, CgroupDir: cgroupOf,
+	})
+	if err != nil {
+		t.Fatalf("Endpoint: %v", err)
+	}
+	defer closeEP()
+
+	var out, errOut syncBuffer
+	inst, err := d.Start(ctx, sandbox.Spec{
+		ID: "vm-svid", CodeDir: code, Args: []string{"/var/task/svidfn"},
+		Env:    []string{"SPIFFE_ENDPOINT_SOCKET=unix://" + worker.EndpointMountDir + "/" + worker.EndpointSocket},
+		Mounts: []sandbox.Mount{{Source: epDir, Target: worker.EndpointMountDir}},
+		Stdout: &out, Stderr: &errOut,
+		BeforeStart: func(_ context.Context, cg string) error {
+			cgDir = cg
+			close(known)
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer inst.Stop(ctx)
+	waitDone(t, inst)
+	want, err := identity.FunctionID(spiffeid.RequireTrustDomainFromString(td), tenant, function)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != want.String() {
+		t.Errorf("guest's SPIFFE ID = %q, want %q (stderr %q, err %v)", got, want, errOut.String(), inst.Err())
+	}
+	if err := inst.Err(); err != nil {
+		t.Errorf("Err() = %v, want nil", err)
+	}
+	// The same socket refuses this test process (outside the instance's
+	// cgroup): the guest got its SVID through the proxy in the cgroup.
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addr := "unix://" + filepath.Join(epDir, worker.EndpointSocket)
+	if s, err := workloadapi.FetchX509SVID(fctx, workloadapi.WithAddr(addr)); err == nil {
+		t.Errorf("host process outside the cgroup got %s, want refusal", s.ID)
+	} else if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("host process outside the cgroup: %v, want PermissionDenied", err)
+	}
 }

@@ -117,7 +117,7 @@ func (p *proxyClient) failAll() {
 	}
 }
 
-func (p *proxyClient) call(ctx context.Context, op, addr string, onConn func(net.Conn)) (net.Conn, error) {
+func (p *proxyClient) call(ctx context.Context, op, network, addr string, onConn func(net.Conn)) (net.Conn, error) {
 	p.mu.Lock()
 	p.next++
 	id := p.next
@@ -131,7 +131,7 @@ func (p *proxyClient) call(ctx context.Context, op, addr string, onConn func(net
 		p.lis[id] = onConn
 	}
 	p.mu.Unlock()
-	b, _ := json.Marshal(guestagent.ProxyRequest{ID: id, Op: op, Addr: addr})
+	b, _ := json.Marshal(guestagent.ProxyRequest{ID: id, Op: op, Net: network, Addr: addr})
 	p.wmu.Lock()
 	err := unix.Sendmsg(p.fd, b, nil, nil, 0)
 	p.wmu.Unlock()
@@ -151,15 +151,21 @@ func (p *proxyClient) call(ctx context.Context, op, addr string, onConn func(net
 	}
 }
 
-// dial connects to addr from inside the instance's cgroup.
+// dial connects to the TCP address addr from inside the instance's cgroup.
 func (p *proxyClient) dial(ctx context.Context, addr string) (net.Conn, error) {
-	return p.call(ctx, "dial", addr, nil)
+	return p.call(ctx, "dial", "", addr, nil)
+}
+
+// dialUnix connects to the host Unix socket path from inside the
+// instance's cgroup, so the server's SO_PEERCRED sees the instance.
+func (p *proxyClient) dialUnix(ctx context.Context, path string) (net.Conn, error) {
+	return p.call(ctx, "dial", "unix", path, nil)
 }
 
 // listen listens on addr inside the instance's cgroup; every accepted
 // connection is passed to onConn.
 func (p *proxyClient) listen(ctx context.Context, addr string, onConn func(net.Conn)) error {
-	_, err := p.call(ctx, "listen", addr, onConn)
+	_, err := p.call(ctx, "listen", "", addr, onConn)
 	return err
 }
 

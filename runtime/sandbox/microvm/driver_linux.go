@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,10 +351,21 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 	for _, e := range spec.Env {
 		k, v, _ := strings.Cut(e, "=")
 		switch k {
-		case "AWS_LAMBDA_RUNTIME_API":
+		case "AWS_LAMBDA_RUNTIME_API", "ZFAAS_GATEWAY_GRPC":
 			if _, _, err := net.SplitHostPort(v); err == nil {
 				gcfg.Listen = append(gcfg.Listen, v)
 				forwards = append(forwards, v)
+			}
+		case "ZFAAS_GATEWAY":
+			// Calls to other functions: the guest has no NIC, so the
+			// gateway's loopback address is served in the guest and dialled
+			// by the host proxy, inside the instance's cgroup (egress rules
+			// apply). A gateway on another host is not reachable from a VM.
+			if u, err := url.Parse(v); err == nil && u.Port() != "" {
+				if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsLoopback() {
+					gcfg.Listen = append(gcfg.Listen, u.Host)
+					forwards = append(forwards, u.Host)
+				}
 			}
 		case "PORT":
 			port, err := strconv.Atoi(v)

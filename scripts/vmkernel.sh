@@ -18,7 +18,11 @@ set -euo pipefail
 
 DEST=${1:-/var/cache/zfaas/vmkernel}
 # Modules the guest agent needs; their dependencies are added.
-WANT=(virtio_mmio virtio_console vmw_vsock_virtio_transport)
+# 9p and 9pnet_virtio share the host's /usr, /usr/lib and /etc read-only
+# with the guest, so interpreted runtimes (python3, node) run in the VM.
+WANT=(virtio_mmio virtio_console vmw_vsock_virtio_transport 9pnet_virtio 9p)
+# LAYOUT changes when the extracted set changes, so caches are refreshed.
+LAYOUT=2
 
 die() { echo "vmkernel: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || die "$1 is missing (apt-get install $2)"; }
@@ -36,7 +40,7 @@ if [ -z "$pkg" ]; then
 fi
 [ -n "$pkg" ] || die "cannot resolve the kernel package behind linux-image-amd64"
 ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
-stamp="$pkg $ver"
+stamp="$pkg $ver layout-$LAYOUT"
 if [ -f "$DEST/VERSION" ] && [ "$(cat "$DEST/VERSION")" = "$stamp" ] && [ -s "$DEST/vmlinux" ]; then
 	echo "vmkernel: $DEST already has $stamp"
 	exit 0

@@ -26,6 +26,11 @@ const (
 	// to load in order.
 	ModulesDir  = "/lib/zfaas/modules"
 	ModulesList = "/lib/zfaas/modules.load"
+	// TagUsr, TagLib and TagEtc are the virtio-9p mount tags of the host's
+	// /usr, /usr/lib and /etc (read-only).
+	TagUsr = "hostusr"
+	TagLib = "hostlib"
+	TagEtc = "hostetc"
 	portTimeout = 20 * time.Second
 )
 
@@ -240,6 +245,24 @@ func setupGuest() error {
 	}
 	if err := loadModules(); err != nil {
 		errs = append(errs, err)
+	}
+	// After the modules (9p comes from them, and /lib/zfaas is hidden
+	// once the host's /usr/lib is mounted on /lib): the host's system
+	// directories, read-only. A share the host did not offer is skipped.
+	for _, sh := range []struct{ tag, dst string }{{TagUsr, "/usr"}, {TagLib, "/lib"}, {TagEtc, "/etc"}} {
+		if err := os.MkdirAll(sh.dst, 0o755); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		err := unix.Mount(sh.tag, sh.dst, "9p", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "trans=virtio,version=9p2000.L,msize=262144,cache=loose")
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("mount %s (%s): %w", sh.dst, sh.tag, err))
+		}
+	}
+	for link, target := range map[string]string{"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib64": "usr/lib64"} {
+		if _, err := os.Lstat(link); errors.Is(err, os.ErrNotExist) {
+			_ = os.Symlink(target, link)
+		}
 	}
 	if err := loopbackUp(); err != nil {
 		errs = append(errs, fmt.Errorf("loopback: %w", err))

@@ -28,9 +28,9 @@ const (
 	ModulesList = "/lib/zfaas/modules.load"
 	// TagUsr, TagLib and TagEtc are the virtio-9p mount tags of the host's
 	// /usr, /usr/lib and /etc (read-only).
-	TagUsr = "hostusr"
-	TagLib = "hostlib"
-	TagEtc = "hostetc"
+	TagUsr      = "hostusr"
+	TagLib      = "hostlib"
+	TagEtc      = "hostetc"
 	portTimeout = 20 * time.Second
 )
 

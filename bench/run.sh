@@ -6,7 +6,9 @@
 # It runs the Go micro-benchmarks, bench/policybench (policyd against
 # upstream OPA, which it serves itself on 127.0.0.1) and bench/identitybench
 # (the Workload API on a Unix socket in $WORK) and bench/tlcpbench (TLCP
-# against TLS 1.3 handshakes and bulk, in process), then starts `zfaas up`
+# against TLS 1.3 handshakes and bulk, in process) and bench/sandboxbench
+# (the process, container and microvm drivers through a real worker, with
+# its own containerd), then starts `zfaas up`
 # on kernel-chosen 127.0.0.1 ports in a temporary data directory and runs
 # bench/invokebench against it. It always stops the platform (SIGTERM) and
 # removes the directory.
@@ -22,6 +24,8 @@
 #   IDENTITY_FLAGS="..."   extra identitybench flags, e.g. "-samples 500"
 #   TLCP_BENCH=1           0 skips the TLCP benchmark (bench/tlcpbench)
 #   TLCP_FLAGS="..."       extra tlcpbench flags, e.g. "-duration 6s -bulk 2s"
+#   SANDBOX_BENCH=1        0 skips the sandbox driver benchmark (bench/sandboxbench)
+#   SANDBOX_FLAGS="..."    extra sandboxbench flags, e.g. "-drivers process,container -cold 10"
 #   OPA=path               the upstream OPA binary (default: `go tool -n opa`,
 #                          which builds the version in go.mod once and caches it)
 #   BENCH_FLAGS="..."      extra invokebench flags, e.g. "-cold 5 -duration 2s"
@@ -37,6 +41,7 @@ POLICY_BENCH=${POLICY_BENCH:-1}
 IDENTITY_BENCH=${IDENTITY_BENCH:-1}
 EGRESS_BENCH=${EGRESS_BENCH:-1}
 TLCP_BENCH=${TLCP_BENCH:-1}
+SANDBOX_BENCH=${SANDBOX_BENCH:-1}
 # Same settings as `make build`, so the packages it compiled are reused.
 export CGO_ENABLED=${CGO_ENABLED:-0}
 
@@ -179,6 +184,24 @@ if [ "$EGRESS_BENCH" != 0 ]; then
 	echo
 fi
 
+sandbox_status=0
+if [ "$SANDBOX_BENCH" != 0 ]; then
+	echo "== sandbox drivers: cold start, micro-VM boot breakdown, warm invoke and idle memory vs the process driver (the table is printed at the end)"
+	# Optional figures, like the policy benchmark. It starts (and stops) its
+	# own containerd; a driver the host cannot run is skipped with the reason.
+	sandbox_run() {
+		"$GO" build -trimpath -o "$WORK/sandboxbench" ./bench/sandboxbench || return
+		# In the background, so that INT/TERM reach the trap at once.
+		# shellcheck disable=SC2086 # SANDBOX_FLAGS is split on purpose
+		"$WORK/sandboxbench" -go "$GO" ${SANDBOX_FLAGS:-} >"$WORK/sandbox.txt" &
+		BENCH_PID=$!
+		wait "$BENCH_PID"
+	}
+	sandbox_run || sandbox_status=$?
+	BENCH_PID=
+	echo
+fi
+
 "$GO" build -trimpath -o "$WORK/invokebench" ./bench/invokebench
 
 echo "== starting zfaas up (data in $WORK/data, log in $WORK/up.log)"
@@ -206,12 +229,14 @@ BENCH_PID=
 [ ! -s "$WORK/identity.txt" ] || cat "$WORK/identity.txt"
 [ ! -s "$WORK/egress.txt" ] || cat "$WORK/egress.txt"
 [ ! -s "$WORK/tlcp.txt" ] || cat "$WORK/tlcp.txt"
+[ ! -s "$WORK/sandbox.txt" ] || cat "$WORK/sandbox.txt"
 echo "(bench took $((SECONDS - t0)) s)"
 [ "$micro_status" = 0 ] || die "the Go micro-benchmarks failed (see their output above)"
 [ "$policy_status" = 0 ] || die "the policy benchmark failed (see its output above)"
 [ "$identity_status" = 0 ] || die "the identity benchmark failed (see its output above)"
 [ "$egress_status" = 0 ] || die "the egress benchmark failed (see its output above)"
 [ "$tlcp_status" = 0 ] || die "the TLCP benchmark failed (see its output above)"
+[ "$sandbox_status" = 0 ] || die "the sandbox driver benchmark failed (see its output above)"
 
 # Audit log (bench/auditbench): append throughput beside plain JetStream
 # publishes, AppendSync latency, and the cost of an Append per request on a

@@ -76,6 +76,9 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Limits.CPUs == 0 {
 		cfg.Limits.CPUs = DefaultCPUs
 	}
+	if cfg.MinCPUs == 0 {
+		cfg.MinCPUs = DefaultCPUs
+	}
 	switch {
 	case cfg.UID == 0 && cfg.GID == 0:
 		cfg.UID, cfg.GID = 65534, 65534
@@ -294,6 +297,9 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 	if cpus == 0 {
 		cpus = d.cfg.Limits.CPUs
 	}
+	// A VM's single vCPU is one host thread; a quota below MinCPUs (the
+	// worker gives small functions half a core) mostly stretches the boot.
+	cpus = max(cpus, d.cfg.MinCPUs)
 	dir := filepath.Join(d.cfg.StateDir, spec.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: state dir: %w", ErrInstanceExists, err)

@@ -93,6 +93,9 @@ type Config struct {
 	// Limits are the defaults for zero fields of Spec.Limits
 	// (DefaultMemoryBytes, DefaultCPUs).
 	Limits sandbox.Limits
+	// MinCPUs is the least CPU quota an instance's cgroup gets (default 1:
+	// the VM's one vCPU): below it a boot mostly waits for its quota.
+	MinCPUs float64
 	// OverheadBytes is added to the guest memory for the cgroup memory
 	// limit of QEMU and the proxy. Default DefaultOverheadBytes.
 	OverheadBytes int64

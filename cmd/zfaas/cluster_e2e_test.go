@@ -377,3 +377,49 @@ func TestRemoteWorkerOverTLCP(t *testing.T) {
 		t.Fatalf("invoke on the TLCP worker: %+v", r)
 	}
 }
+
+// TestExamplesInMicroVMs: with worker.sandbox microvm every instance is a
+// QEMU micro-VM (TCG here); a Go and a Python example answer, and the
+// caller example fetches its SVID inside its VM and calls hello (in
+// another VM) through the gateway.
+func TestExamplesInMicroVMs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots micro-VMs")
+	}
+	needPlatform(t)
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
+	}
+	kdir := "/var/cache/zfaas/vmkernel"
+	if out, err := exec.Command("bash", "../../scripts/vmkernel.sh", kdir).CombinedOutput(); err != nil {
+		if _, serr := os.Stat(filepath.Join(kdir, "vmlinux")); serr != nil {
+			t.Skipf("no micro-VM kernel: %v\n%s", err, out)
+		}
+	}
+	buildFunctions(t)
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "zfaas-agent")
+	cmd := exec.Command("go", "build", "-o", agent, "../../runtime/guestagent/cmd/zfaas-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the agent: %v\n%s", err, out)
+	}
+	tp := startTest(t, t.TempDir(), func(c *upConfig) {
+		c.Worker.Sandbox = "microvm"
+		c.Worker.MicroVM = microVMConfig{KernelDir: kdir, Agent: agent, Accel: "tcg"}
+		c.Worker.InitTimeout = 2 * time.Minute
+	})
+	tp.deployDir("hello", built.hello, api.FunctionConfig{Runtime: api.RuntimeGo})
+	tp.deployDir("python-hello", built.python, api.FunctionConfig{Runtime: api.RuntimePython3, Handler: "handler.handle"})
+	tp.deployDir("caller", built.caller, api.FunctionConfig{Runtime: api.RuntimeGo})
+	for fn, want := range map[string]string{"hello": `"Hello, vm!"`, "python-hello": "Hello, vm from Python!"} {
+		out, _, err := tp.c.Invoke(context.Background(), fn, []byte(`{"name":"vm"}`))
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("%s in a micro-VM: %s %v", fn, out, err)
+		}
+	}
+	out, _, err := tp.c.Invoke(context.Background(), "caller", []byte(`{"target":"hello","payload":{"name":"peer"}}`))
+	if err != nil || !strings.Contains(string(out), `"caller":"spiffe://zfaas.local/ns/default/fn/caller"`) || !strings.Contains(string(out), "Hello, peer!") {
+		t.Fatalf("caller in a micro-VM: %s %v", out, err)
+	}
+}

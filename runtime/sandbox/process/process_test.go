@@ -617,7 +617,7 @@ func TestInitPathWithoutInit(t *testing.T) {
 
 func assertNoLeftovers(t *testing.T, d *Driver, id string) {
 	t.Helper()
-	if !specIDRE.MatchString(id) {
+	if !sandbox.ValidID(id) {
 		return // nothing can have been created
 	}
 	paths := []string{filepath.Join(d.stateDir, id), d.cg.v2Path(id)}

@@ -179,7 +179,11 @@ func newTestDriver(t *testing.T) (*Driver, *testContainerd) {
 	t.Helper()
 	c := startContainerd(t)
 	d, err := New(Config{
-		Address:      c.address,
+		Address: c.address,
+		// runc keeps its state under /run/containerd/runc/<namespace>/<id>
+		// whichever containerd started it: a namespace of this test process
+		// keeps concurrent test runs (and a running platform) apart.
+		Namespace:    fmt.Sprintf("zfaas-test-%d", os.Getpid()),
 		StateDir:     filepath.Join(t.TempDir(), "state"),
 		CgroupParent: testCgroupParent,
 		Logger:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -82,7 +82,7 @@ func New(cfg Config) (*Driver, error) {
 	if err := checkLimits(lim); err != nil {
 		return nil, fmt.Errorf("process driver: default limits: %w", err)
 	}
-	lim = withDefaults(lim, sandbox.Limits{
+	lim = lim.WithDefaults(sandbox.Limits{
 		MemoryBytes: DefaultMemoryBytes, CPUs: DefaultCPUs, PIDs: DefaultPIDs,
 		NoFile: DefaultNoFile, TmpBytes: DefaultTmpBytes,
 	})
@@ -192,40 +192,8 @@ func prepareStateDir(dir string) error {
 	return nil
 }
 
-// checkLimits rejects negative limits and limits too small to start an
-// instance (zero means default).
-func checkLimits(l sandbox.Limits) error {
-	switch {
-	case l.MemoryBytes < 0 || l.CPUs < 0 || l.PIDs < 0 || l.TmpBytes < 0:
-		return errors.New("limits must not be negative")
-	case l.MemoryBytes != 0 && l.MemoryBytes < minMemoryBytes:
-		return fmt.Errorf("memory limit %d below minimum %d", l.MemoryBytes, minMemoryBytes)
-	case l.PIDs != 0 && l.PIDs < minPIDs:
-		return fmt.Errorf("pids limit %d below minimum %d", l.PIDs, minPIDs)
-	case l.CPUs != l.CPUs: // NaN
-		return errors.New("cpu limit is not a number")
-	}
-	return nil
-}
-
-func withDefaults(l, def sandbox.Limits) sandbox.Limits {
-	if l.MemoryBytes == 0 {
-		l.MemoryBytes = def.MemoryBytes
-	}
-	if l.CPUs == 0 {
-		l.CPUs = def.CPUs
-	}
-	if l.PIDs == 0 {
-		l.PIDs = def.PIDs
-	}
-	if l.NoFile == 0 {
-		l.NoFile = def.NoFile
-	}
-	if l.TmpBytes == 0 {
-		l.TmpBytes = def.TmpBytes
-	}
-	return l
-}
+// checkLimits rejects limits this driver cannot start an instance with.
+func checkLimits(l sandbox.Limits) error { return l.Check(minMemoryBytes, minPIDs) }
 
 // validateSpec checks spec; errors wrap sandbox.ErrInvalidSpec.
 func (d *Driver) validateSpec(spec *sandbox.Spec) error {
@@ -272,7 +240,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 }
 
 func (d *Driver) start(ctx context.Context, spec sandbox.Spec) (_ *Instance, err error) {
-	lim := withDefaults(spec.Limits, d.limits)
+	lim := spec.Limits.WithDefaults(d.limits)
 	workDir := spec.WorkDir
 	if workDir == "" {
 		workDir = sandbox.TaskRoot

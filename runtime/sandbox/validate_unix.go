@@ -112,3 +112,26 @@ func reservedTarget(t string) bool {
 // ValidID reports whether id can name an instance (and so a cgroup or a
 // file): 1-64 of [A-Za-z0-9_-].
 func ValidID(id string) bool { return specIDRE.MatchString(id) }
+
+// PrepareStateDir creates dir (0700) if missing and checks that it is a
+// directory owned by root that neither group nor others can access: a
+// driver keeps each instance's secrets (SVID keys, sockets) under it.
+func PrepareStateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("state dir %s is not a directory", dir)
+	case !ok || st.Uid != 0:
+		return fmt.Errorf("state dir %s must be owned by root", dir)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("state dir %s must not be accessible by group or others (mode %#o)", dir, fi.Mode().Perm())
+	}
+	return nil
+}

@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -104,7 +103,7 @@ func New(cfg Config) (*Driver, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("container driver: %w: must run as root (euid %d)", ErrUnsupported, os.Geteuid())
 	}
-	if err := prepareStateDir(cfg.StateDir); err != nil {
+	if err := sandbox.PrepareStateDir(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("container driver: %w", err)
 	}
 	cg, err := detectCgroups(cfg.CgroupParent)
@@ -168,26 +167,6 @@ func validCgroupParent(p string) bool {
 		}
 	}
 	return true
-}
-
-func prepareStateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
-	}
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return fmt.Errorf("state dir: %w", err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.IsDir():
-		return fmt.Errorf("state dir %s is not a directory", dir)
-	case !ok || st.Uid != 0:
-		return fmt.Errorf("state dir %s must be owned by root", dir)
-	case fi.Mode().Perm()&0o077 != 0:
-		return fmt.Errorf("state dir %s must not be accessible by group or others (mode %#o)", dir, fi.Mode().Perm())
-	}
-	return nil
 }
 
 // checkLimits rejects limits this driver cannot start an instance with.

@@ -10,12 +10,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/emmansun/gmsm/smx509"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -373,5 +375,59 @@ func TestEngineSwap(t *testing.T) {
 	}
 	if eng.servers.Load() != 1 || eng.clients.Load() != 1 {
 		t.Fatalf("engine made %d server and %d client connections, want 1 and 1", eng.servers.Load(), eng.clients.Load())
+	}
+}
+
+// TestVerifySPIFFEPeer calls the hook as the engine does and checks that
+// it reads the authorities and the clock at each call and refuses what
+// AuthorizeSPIFFE refuses.
+func TestVerifySPIFFEPeer(t *testing.T) {
+	w := newWorld(t)
+	other, err := tlcptest.New("other.zfaas", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongEnc, err := w.ca.IssueSM2(tlcptest.Options{ID: "/ns/t9/fn/else"}, tlcptest.EncUsage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roots atomic.Pointer[smx509.CertPool]
+	roots.Store(other.Pool)
+	var now atomic.Pointer[time.Time]
+	tm := time.Now()
+	now.Store(&tm)
+	var authorized []spiffeid.ID
+	verify := dualstack.VerifySPIFFEPeer(roots.Load, func() time.Time { return *now.Load() }, func(id spiffeid.ID) error {
+		authorized = append(authorized, id)
+		if id != callerID {
+			return fmt.Errorf("not %s", callerID)
+		}
+		return nil
+	})
+	pair := append(slices.Clone(w.caller.sign.Certificate), w.caller.enc.Certificate...)
+
+	if err := verify(pair, nil); err == nil || !strings.Contains(err.Error(), "verify peer signing certificate") {
+		t.Fatalf("against another trust domain's roots: %v", err)
+	}
+	roots.Store(w.ca.Pool) // the source changed: the next call trusts it
+	if err := verify(pair, nil); err != nil {
+		t.Fatalf("against the current roots: %v", err)
+	}
+	if len(authorized) != 1 || authorized[0] != callerID {
+		t.Fatalf("authorize saw %v, want [%s]", authorized, callerID)
+	}
+	if err := verify(w.gateway.sign.Certificate, nil); err == nil {
+		t.Fatal("authorize refused the gateway's ID, the hook did not")
+	}
+	if err := verify(append(slices.Clone(w.caller.sign.Certificate), wrongEnc.Certificate...), nil); err == nil {
+		t.Fatal("encryption certificate of another ID accepted")
+	}
+	if err := verify(nil, nil); err == nil {
+		t.Fatal("no certificate accepted")
+	}
+	later := tm.Add(10 * 365 * 24 * time.Hour)
+	now.Store(&later)
+	if err := verify(pair, nil); err == nil || !strings.Contains(err.Error(), "verify peer signing certificate") {
+		t.Fatalf("ten years later: %v", err)
 	}
 }

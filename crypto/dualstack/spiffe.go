@@ -1,6 +1,7 @@
 package dualstack
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -106,13 +107,8 @@ func TLCPServerConfig(src TLCPSource, roots *smx509.CertPool, authorize func(spi
 // only a server whose signing SVID verifies against roots and is serverID.
 func TLCPClientConfig(src TLCPSource, roots *smx509.CertPool, serverID spiffeid.ID, opts ...Option) *tlcp.Config {
 	c := &tlcp.Config{
-		RootCAs: roots,
-		VerifyPeerCertificate: AuthorizeSPIFFE(func(id spiffeid.ID) error {
-			if id != serverID {
-				return fmt.Errorf("server is %s, want %s", id, serverID)
-			}
-			return nil
-		}),
+		RootCAs:               roots,
+		VerifyPeerCertificate: AuthorizeSPIFFE(serverIs(serverID)),
 	}
 	if src != nil {
 		c.GetClientCertificates = func(*tlcp.CertificateRequestInfo) (*tlcp.Certificate, *tlcp.Certificate, error) {
@@ -122,5 +118,94 @@ func TLCPClientConfig(src TLCPSource, roots *smx509.CertPool, serverID spiffeid.
 	for _, o := range opts {
 		o(c)
 	}
+	return c
+}
+
+// serverIs authorizes serverID only.
+func serverIs(serverID spiffeid.ID) func(spiffeid.ID) error {
+	return func(id spiffeid.ID) error {
+		if id != serverID {
+			return fmt.Errorf("server is %s, want %s", id, serverID)
+		}
+		return nil
+	}
+}
+
+// VerifySPIFFEPeer returns a tlcp.Config.VerifyPeerCertificate hook that
+// does the whole peer verification itself, against the authorities roots
+// returns at each handshake (so an authority published after the config
+// was built is trusted at once): the signing and, when sent, the
+// encryption certificate must chain to roots() at now(), then
+// AuthorizeSPIFFE(authorize) applies. Use it with the engine's own
+// verification off (TLCPServerConfigFrom and TLCPClientConfigFrom do).
+func VerifySPIFFEPeer(roots func() *smx509.CertPool, now func() time.Time, authorize func(spiffeid.ID) error) func([][]byte, [][]*smx509.Certificate) error {
+	spiffe := AuthorizeSPIFFE(authorize)
+	return func(raw [][]byte, _ [][]*smx509.Certificate) error {
+		if len(raw) == 0 {
+			return errors.New("peer sent no certificate")
+		}
+		certs := make([]*smx509.Certificate, len(raw))
+		for n, der := range raw {
+			c, err := smx509.ParseCertificate(der)
+			if err != nil {
+				return fmt.Errorf("parse peer certificate: %w", err)
+			}
+			certs[n] = c
+		}
+		sign, rest := certs[0], certs[1:]
+		var enc *smx509.Certificate
+		if len(rest) > 0 && !rest[0].IsCA {
+			enc, rest = rest[0], rest[1:]
+		}
+		inter := smx509.NewCertPool()
+		for _, c := range rest {
+			inter.AddCert(c)
+		}
+		opts := smx509.VerifyOptions{
+			Roots:         roots(),
+			Intermediates: inter,
+			CurrentTime:   now(),
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		}
+		chains, err := sign.Verify(opts)
+		if err != nil {
+			return fmt.Errorf("verify peer signing certificate: %w", err)
+		}
+		if enc != nil {
+			if _, err := enc.Verify(opts); err != nil {
+				return fmt.Errorf("verify peer encryption certificate: %w", err)
+			}
+		}
+		return spiffe(raw, chains)
+	}
+}
+
+// TLCPServerConfigFrom is TLCPServerConfig for trust that follows
+// rotation: it presents src's double SVID, asks for client certificates
+// and verifies any that are sent with VerifySPIFFEPeer(roots, now,
+// authorize) at every handshake (a client without certificates is let
+// through for another credential, as with TLCPServerConfig). The
+// engine's clock is now.
+func TLCPServerConfigFrom(src TLCPSource, roots func() *smx509.CertPool, now func() time.Time, authorize func(spiffeid.ID) error, opts ...Option) *tlcp.Config {
+	opts = append([]Option{WithClock(now)}, opts...)
+	c := TLCPServerConfig(src, roots(), authorize, opts...)
+	// The engine only parses and checks key usages; the hook verifies
+	// against the current authorities. ClientCAs stays for the CA names
+	// of the certificate request.
+	c.ClientAuth = tlcp.RequestClientCert
+	c.VerifyPeerCertificate = VerifySPIFFEPeer(roots, now, authorize)
+	return c
+}
+
+// TLCPClientConfigFrom is TLCPClientConfig for trust that follows
+// rotation: it presents src's double SVID (nil: none) and accepts only a
+// server whose certificates VerifySPIFFEPeer(roots, now, ...) verifies at
+// every handshake and whose SPIFFE ID is serverID. The engine's clock is
+// now.
+func TLCPClientConfigFrom(src TLCPSource, roots func() *smx509.CertPool, now func() time.Time, serverID spiffeid.ID, opts ...Option) *tlcp.Config {
+	opts = append([]Option{WithClock(now)}, opts...)
+	c := TLCPClientConfig(src, roots(), serverID, opts...)
+	c.InsecureSkipVerify = true // the hook verifies the chains and the ID
+	c.VerifyPeerCertificate = VerifySPIFFEPeer(roots, now, serverIs(serverID))
 	return c
 }

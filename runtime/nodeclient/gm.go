@@ -231,80 +231,26 @@ func (w *WorkerIdentity) checkGMCert(chain [][]byte, key *sm2.PrivateKey, roots 
 // VerifyTLCPPeer returns a tlcp.Config.VerifyPeerCertificate hook that
 // verifies a TLCP peer against the SM2 authorities as the control plane
 // publishes them at each handshake (so a rotated authority is trusted at
-// once): the signing and, when sent, the encryption certificate must chain
-// to them at the worker's clock, then dualstack.AuthorizeSPIFFE applies
-// (an X.509-SVID signing certificate, the same SPIFFE ID on both, and
-// authorize; nil: any ID the authorities vouch for).
+// once): dualstack.VerifySPIFFEPeer with GMBundle at the worker's clock
+// (authorize nil: any ID the authorities vouch for).
 func (w *WorkerIdentity) VerifyTLCPPeer(authorize func(spiffeid.ID) error) func([][]byte, [][]*smx509.Certificate) error {
-	spiffe := dualstack.AuthorizeSPIFFE(authorize)
-	return func(raw [][]byte, _ [][]*smx509.Certificate) error {
-		if len(raw) == 0 {
-			return errors.New("peer sent no certificate")
-		}
-		certs := make([]*smx509.Certificate, len(raw))
-		for n, der := range raw {
-			c, err := smx509.ParseCertificate(der)
-			if err != nil {
-				return fmt.Errorf("parse peer certificate: %w", err)
-			}
-			certs[n] = c
-		}
-		sign, rest := certs[0], certs[1:]
-		var enc *smx509.Certificate
-		if len(rest) > 0 && !rest[0].IsCA {
-			enc, rest = rest[0], rest[1:]
-		}
-		inter := smx509.NewCertPool()
-		for _, c := range rest {
-			inter.AddCert(c)
-		}
-		opts := smx509.VerifyOptions{
-			Roots: w.GMBundle(), Intermediates: inter, CurrentTime: w.cfg.Now(),
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-		}
-		chains, err := sign.Verify(opts)
-		if err != nil {
-			return fmt.Errorf("verify peer signing certificate: %w", err)
-		}
-		if enc != nil {
-			if _, err := enc.Verify(opts); err != nil {
-				return fmt.Errorf("verify peer encryption certificate: %w", err)
-			}
-		}
-		return spiffe(raw, chains)
-	}
+	return dualstack.VerifySPIFFEPeer(w.GMBundle, w.cfg.Now, authorize)
 }
 
-// TLCPServerConfig is dualstack.TLCPServerConfig for the worker: it
+// TLCPServerConfig is dualstack.TLCPServerConfigFrom for the worker: it
 // presents TLCPSource's pair, asks for client certificates and verifies
 // any that are sent with VerifyTLCPPeer(authorize) at each handshake (a
 // client without certificates is let through, as with
 // dualstack.TLCPServerConfig: authorize the caller in the handler when
 // that matters). The engine's clock is the worker's.
 func (w *WorkerIdentity) TLCPServerConfig(authorize func(spiffeid.ID) error, opts ...dualstack.Option) *tlcp.Config {
-	opts = append([]dualstack.Option{dualstack.WithClock(w.cfg.Now)}, opts...)
-	c := dualstack.TLCPServerConfig(w.TLCPSource(), w.GMBundle(), authorize, opts...)
-	// The engine only parses and checks key usages; the hook verifies
-	// against the current authorities. ClientCAs stays for the CA names
-	// of the certificate request.
-	c.ClientAuth = tlcp.RequestClientCert
-	c.VerifyPeerCertificate = w.VerifyTLCPPeer(authorize)
-	return c
+	return dualstack.TLCPServerConfigFrom(w.TLCPSource(), w.GMBundle, w.cfg.Now, authorize, opts...)
 }
 
-// TLCPClientConfig is dualstack.TLCPClientConfig for the worker: it
+// TLCPClientConfig is dualstack.TLCPClientConfigFrom for the worker: it
 // presents TLCPSource's pair and accepts only a server that
 // VerifyTLCPPeer verifies at each handshake and whose SPIFFE ID is
 // serverID.
 func (w *WorkerIdentity) TLCPClientConfig(serverID spiffeid.ID, opts ...dualstack.Option) *tlcp.Config {
-	opts = append([]dualstack.Option{dualstack.WithClock(w.cfg.Now)}, opts...)
-	c := dualstack.TLCPClientConfig(w.TLCPSource(), w.GMBundle(), serverID, opts...)
-	c.InsecureSkipVerify = true // the hook verifies chains and the ID
-	c.VerifyPeerCertificate = w.VerifyTLCPPeer(func(id spiffeid.ID) error {
-		if id != serverID {
-			return fmt.Errorf("server is %s, want %s", id, serverID)
-		}
-		return nil
-	})
-	return c
+	return dualstack.TLCPClientConfigFrom(w.TLCPSource(), w.GMBundle, w.cfg.Now, serverID, opts...)
 }

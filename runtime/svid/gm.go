@@ -3,8 +3,6 @@ package svid
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -124,86 +122,29 @@ func (i *Provider) GMBundle() *smx509.CertPool {
 // does the whole peer verification against the CA's SM2 authorities as
 // they are at each handshake (so an authority published after the config
 // was built is trusted at once, like the standard side's bundle source):
-// the signing and the encryption certificate must both chain to the GM
-// bundle at the provider's clock, and then dualstack.AuthorizeSPIFFE
-// applies (an X.509-SVID signing certificate, the same SPIFFE ID on both,
-// authorize — nil: any ID of the trust domain). Use it with verification
+// dualstack.VerifySPIFFEPeer with GMBundle and the provider's clock
+// (authorize nil: any ID of the trust domain). Use it with verification
 // by the engine turned off (TLCPServerConfig and TLCPClientConfig do).
 func (i *Provider) VerifyTLCPPeer(authorize func(spiffeid.ID) error) func([][]byte, [][]*smx509.Certificate) error {
-	spiffe := dualstack.AuthorizeSPIFFE(authorize)
-	return func(raw [][]byte, _ [][]*smx509.Certificate) error {
-		if len(raw) == 0 {
-			return errors.New("peer sent no certificate")
-		}
-		certs := make([]*smx509.Certificate, len(raw))
-		for n, der := range raw {
-			c, err := smx509.ParseCertificate(der)
-			if err != nil {
-				return fmt.Errorf("parse peer certificate: %w", err)
-			}
-			certs[n] = c
-		}
-		sign, rest := certs[0], certs[1:]
-		var enc *smx509.Certificate
-		if len(rest) > 0 && !rest[0].IsCA {
-			enc, rest = rest[0], rest[1:]
-		}
-		inter := smx509.NewCertPool()
-		for _, c := range rest {
-			inter.AddCert(c)
-		}
-		opts := smx509.VerifyOptions{
-			Roots:         i.GMBundle(),
-			Intermediates: inter,
-			CurrentTime:   i.now(),
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-		}
-		chains, err := sign.Verify(opts)
-		if err != nil {
-			return fmt.Errorf("verify peer signing certificate: %w", err)
-		}
-		if enc != nil {
-			if _, err := enc.Verify(opts); err != nil {
-				return fmt.Errorf("verify peer encryption certificate: %w", err)
-			}
-		}
-		return spiffe(raw, chains)
-	}
+	return dualstack.VerifySPIFFEPeer(i.GMBundle, i.now, authorize)
 }
 
-// TLCPServerConfig is dualstack.TLCPServerConfig for a server whose trust
-// follows the CA's rotation: it presents src's double SVID, asks for client
-// certificates and verifies any that are sent with VerifyTLCPPeer(authorize)
-// at every handshake (a client without certificates is let through for
-// another credential, as with dualstack.TLCPServerConfig). The engine's
-// clock is the provider's.
+// TLCPServerConfig is dualstack.TLCPServerConfigFrom for a server whose
+// trust follows the CA's rotation: it presents src's double SVID, asks for
+// client certificates and verifies any that are sent with
+// VerifyTLCPPeer(authorize) at every handshake (a client without
+// certificates is let through for another credential, as with
+// dualstack.TLCPServerConfig). The engine's clock is the provider's.
 func (i *Provider) TLCPServerConfig(src dualstack.TLCPSource, authorize func(spiffeid.ID) error, opts ...dualstack.Option) *tlcp.Config {
-	opts = append([]dualstack.Option{dualstack.WithClock(i.now)}, opts...)
-	c := dualstack.TLCPServerConfig(src, i.GMBundle(), authorize, opts...)
-	// The engine only parses and checks key usages; VerifyTLCPPeer
-	// verifies against the current bundle. ClientCAs stays for the CA
-	// names of the certificate request.
-	c.ClientAuth = tlcp.RequestClientCert
-	c.VerifyPeerCertificate = i.VerifyTLCPPeer(authorize)
-	return c
+	return dualstack.TLCPServerConfigFrom(src, i.GMBundle, i.now, authorize, opts...)
 }
 
-// TLCPClientConfig is dualstack.TLCPClientConfig whose trust follows the
-// CA's rotation: it presents src's double SVID (nil: none) and accepts only
-// a server whose certificates VerifyTLCPPeer verifies at every handshake
-// and whose SPIFFE ID is serverID.
+// TLCPClientConfig is dualstack.TLCPClientConfigFrom whose trust follows
+// the CA's rotation: it presents src's double SVID (nil: none) and accepts
+// only a server whose certificates VerifyTLCPPeer verifies at every
+// handshake and whose SPIFFE ID is serverID.
 func (i *Provider) TLCPClientConfig(src dualstack.TLCPSource, serverID spiffeid.ID, opts ...dualstack.Option) *tlcp.Config {
-	opts = append([]dualstack.Option{dualstack.WithClock(i.now)}, opts...)
-	c := dualstack.TLCPClientConfig(src, i.GMBundle(), serverID, opts...)
-	// The hook verifies the chains and the name (SPIFFE ID) itself.
-	c.InsecureSkipVerify = true
-	c.VerifyPeerCertificate = i.VerifyTLCPPeer(func(id spiffeid.ID) error {
-		if id != serverID {
-			return fmt.Errorf("server is %s, want %s", id, serverID)
-		}
-		return nil
-	})
-	return c
+	return dualstack.TLCPClientConfigFrom(src, i.GMBundle, i.now, serverID, opts...)
 }
 
 // GMRoots returns the CA's SM2 authorities (published and active), for

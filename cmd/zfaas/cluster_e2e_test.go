@@ -146,7 +146,7 @@ func TestRemoteWorkersEndToEnd(t *testing.T) {
 			t.Fatalf("extend PCR 7: %v", err)
 		}
 	}
-	pushGoldenPCRs(t, tp)
+	pushGoldenPCRs(tp)
 	extend(tpms[2])
 	w3 := start("w3", tpms[2])
 	select {
@@ -227,31 +227,16 @@ func TestRemoteWorkersEndToEnd(t *testing.T) {
 
 // pushGoldenPCRs pushes the shipped policy with admission.golden_pcrs
 // requiring PCRs 0-7 (SHA-256) to be zero, as swtpm reports them.
-func pushGoldenPCRs(t *testing.T, tp *testPlatform) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.CopyFS(dir, os.DirFS("../../policies")); err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(filepath.Join(dir, "zfaas", "config", "config_test.rego"))
-	dataPath := filepath.Join(dir, "zfaas", "config", "data.json")
-	raw, _ := os.ReadFile(dataPath)
-	var data map[string]any
-	if err := json.Unmarshal(raw, &data); err != nil {
-		t.Fatal(err)
-	}
+func pushGoldenPCRs(tp *testPlatform) {
+	tp.t.Helper()
 	zero := strings.Repeat("0", 64)
 	golden := map[string]any{}
 	for i := range 8 {
 		golden[fmt.Sprint(i)] = zero
 	}
-	adm := data["admission"].(map[string]any)
-	adm["golden_pcrs"] = map[string]any{"sha256": golden}
-	raw, _ = json.Marshal(data)
-	os.WriteFile(dataPath, raw, 0o644)
-	if out, err := tp.cli("policy", "push", dir); err != nil {
-		t.Fatalf("push golden PCRs: %v\n%s", err, out)
-	}
+	tp.pushPolicyData(func(data map[string]any) {
+		data["admission"].(map[string]any)["golden_pcrs"] = map[string]any{"sha256": golden}
+	})
 }
 
 // TestLocalWorkerSWTPM: with worker.attest: swtpm, zfaas up manufactures

@@ -221,6 +221,40 @@ func (tp *testPlatform) mint(id string) *x509svid.SVID {
 
 // cli runs the zfaas command against this platform and returns what it
 // printed on standard output and error.
+// pushPolicyData pushes a revision of the shipped policy repo whose
+// zfaas/config/data.json mutate has changed, as a security team would.
+// The shipped tests, which pin the shipped data, are left out of it.
+func (tp *testPlatform) pushPolicyData(mutate func(data map[string]any)) {
+	t := tp.t
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS("../../policies")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "zfaas", "config", "config_test.rego")); err != nil {
+		t.Fatal(err)
+	}
+	dataPath := filepath.Join(dir, "zfaas", "config", "data.json")
+	raw, err := os.ReadFile(dataPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data map[string]any
+	if err := json.Unmarshal(raw, &data); err != nil {
+		t.Fatal(err)
+	}
+	mutate(data)
+	if raw, err = json.Marshal(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dataPath, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := tp.cli("policy", "push", dir); err != nil {
+		t.Fatalf("policy push: %v\n%s", err, out)
+	}
+}
+
 func (tp *testPlatform) cli(args ...string) (string, error) {
 	var out bytes.Buffer
 	err := run(context.Background(), args, tp.getenv, &out, &out)
@@ -1518,29 +1552,14 @@ func TestEgressEndToEnd(t *testing.T) {
 	urlB, portB := serve()
 	push := func(ports ...string) {
 		t.Helper()
-		dir := t.TempDir()
-		if err := os.CopyFS(dir, os.DirFS("../../policies")); err != nil {
-			t.Fatal(err)
-		}
-		// The shipped tests pin the shipped data; this revision changes it.
-		os.Remove(filepath.Join(dir, "zfaas", "config", "config_test.rego"))
-		dataPath := filepath.Join(dir, "zfaas", "config", "data.json")
-		raw, _ := os.ReadFile(dataPath)
-		var data map[string]any
-		if err := json.Unmarshal(raw, &data); err != nil {
-			t.Fatal(err)
-		}
 		var ps []any
 		for _, p := range ports {
 			n, _ := strconv.Atoi(p)
 			ps = append(ps, n)
 		}
-		data["egress"] = map[string]any{"default/fx": []any{map[string]any{"cidrs": []any{"127.0.0.1/32"}, "ports": ps, "protocol": "tcp"}}}
-		raw, _ = json.Marshal(data)
-		os.WriteFile(dataPath, raw, 0o644)
-		if out, err := tp.cli("policy", "push", dir); err != nil {
-			t.Fatalf("push: %v\n%s", err, out)
-		}
+		tp.pushPolicyData(func(data map[string]any) {
+			data["egress"] = map[string]any{"default/fx": []any{map[string]any{"cidrs": []any{"127.0.0.1/32"}, "ports": ps, "protocol": "tcp"}}}
+		})
 	}
 	get := func(u string) fixtureResult {
 		r, _ := tp.invokeFixture("fx", map[string]any{"action": "get", "path": u})

@@ -93,5 +93,11 @@ type Limits struct {
 	TmpBytes    int64   // size of the private /tmp
 }
 
-// ErrInvalidSpec is returned (wrapped) by Start when the Spec is malformed.
-var ErrInvalidSpec = errors.New("invalid sandbox spec")
+var (
+	// ErrInvalidSpec is returned (wrapped) by Start when the Spec is malformed.
+	ErrInvalidSpec = errors.New("invalid sandbox spec")
+	// ErrInstanceExists is returned (wrapped) by Start when an instance
+	// with the same ID is running or was not stopped. Every driver's own
+	// ErrInstanceExists is this error.
+	ErrInstanceExists = errors.New("instance already exists")
+)

@@ -87,7 +87,7 @@ var (
 	ErrUnsupported = errors.New("container sandbox unsupported on this host")
 	// ErrInstanceExists is returned by Start when an instance with the same
 	// ID is running or was not stopped.
-	ErrInstanceExists = errors.New("instance already exists")
+	ErrInstanceExists = sandbox.ErrInstanceExists
 	// ErrOOMKilled is reported by Instance.Err when the instance exited
 	// unsuccessfully after the kernel's OOM killer acted in its memory cgroup.
 	ErrOOMKilled = errors.New("instance killed: out of memory")

@@ -42,8 +42,7 @@ type Driver struct {
 	accelOnce sync.Once
 	accel     string
 
-	mu     sync.Mutex
-	active map[string]struct{}
+	active sandbox.IDs // IDs started and not yet stopped
 }
 
 // New validates cfg and checks the host (failures wrap ErrUnsupported). It
@@ -127,7 +126,7 @@ func New(cfg Config) (*Driver, error) {
 	if khz == 0 {
 		khz = hostTSCKHz()
 	}
-	d := &Driver{cfg: cfg, qemu: qemu, log: log, cg: cg, base: base, tscKHz: khz, active: map[string]struct{}{}}
+	d := &Driver{cfg: cfg, qemu: qemu, log: log, cg: cg, base: base, tscKHz: khz}
 	if cfg.Accel != accelAuto {
 		d.accelOnce.Do(func() { d.accel = cfg.Accel })
 	}
@@ -271,20 +270,16 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 	if err := d.validate(&spec); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	if _, ok := d.active[spec.ID]; ok {
-		d.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s", ErrInstanceExists, spec.ID)
+	if err := d.active.Reserve(spec.ID); err != nil {
+		return nil, err
 	}
-	d.active[spec.ID] = struct{}{}
-	d.mu.Unlock()
 	var cleanups []func()
 	defer func() {
 		if err != nil {
 			for i := len(cleanups) - 1; i >= 0; i-- {
 				cleanups[i]()
 			}
-			d.release(spec.ID)
+			d.active.Release(spec.ID)
 		}
 	}()
 	accel := d.Accel()
@@ -408,12 +403,6 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 	d.log.Info("micro-VM started", "id", spec.ID, "accel", accel, "boot", inst.Boot.Total,
 		"kernel_to_init", inst.Boot.KernelToInit, "init_to_ready", inst.Boot.InitToReady)
 	return inst, nil
-}
-
-func (d *Driver) release(id string) {
-	d.mu.Lock()
-	delete(d.active, id)
-	d.mu.Unlock()
 }
 
 // unixForward is a host Unix socket found in Spec.Mounts and the guest

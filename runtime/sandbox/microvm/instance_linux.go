@@ -196,7 +196,7 @@ func (i *Instance) Stop(ctx context.Context) error {
 		if err := os.RemoveAll(i.dir); err != nil {
 			errs = append(errs, err)
 		}
-		i.d.release(i.id)
+		i.d.active.Release(i.id)
 		i.stopErr = errors.Join(errs...)
 	})
 	return i.stopErr

@@ -59,7 +59,7 @@ var (
 	// kernel cache, the agent binary, root or a writable cgroup v2 mount.
 	ErrUnsupported = errors.New("microvm sandbox unsupported on this host")
 	// ErrInstanceExists is returned by Start for an ID in use.
-	ErrInstanceExists = errors.New("instance already exists")
+	ErrInstanceExists = sandbox.ErrInstanceExists
 	// ErrBootFailed is returned by Start when the VM did not reach the
 	// agent's Ready, or the agent could not start Spec.Args.
 	ErrBootFailed = errors.New("micro-VM boot failed")

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -41,8 +40,7 @@ type Driver struct {
 	cg       *cgroupHost
 	spawner  *spawner
 
-	mu     sync.Mutex
-	active map[string]struct{} // IDs started and not yet stopped
+	active sandbox.IDs // IDs started and not yet stopped
 }
 
 // New validates cfg, checks that the host supports the driver (failures
@@ -117,7 +115,6 @@ func New(cfg Config) (*Driver, error) {
 		log:      log,
 		cg:       cg,
 		spawner:  newSpawner(),
-		active:   map[string]struct{}{},
 	}, nil
 }
 
@@ -180,22 +177,6 @@ func (d *Driver) validateSpec(spec *sandbox.Spec) error {
 	return sandbox.ValidateSpec(spec, d.uid, d.gid, checkLimits)
 }
 
-func (d *Driver) reserve(id string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.active[id]; ok {
-		return fmt.Errorf("%w: %s", ErrInstanceExists, id)
-	}
-	d.active[id] = struct{}{}
-	return nil
-}
-
-func (d *Driver) release(id string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.active, id)
-}
-
 // Start creates the sandbox for spec and starts spec.Args in it. It returns
 // once the function's program runs (the sandbox init has executed it), or
 // an error: sandbox.ErrInvalidSpec for a malformed spec, ErrInstanceExists
@@ -208,12 +189,12 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 	if err := d.validateSpec(&spec); err != nil {
 		return nil, fmt.Errorf("start instance %s: %w", spec.ID, err)
 	}
-	if err := d.reserve(spec.ID); err != nil {
+	if err := d.active.Reserve(spec.ID); err != nil {
 		return nil, fmt.Errorf("start instance: %w", err)
 	}
 	inst, err := d.start(ctx, spec)
 	if err != nil {
-		d.release(spec.ID)
+		d.active.Release(spec.ID)
 		return nil, fmt.Errorf("start instance %s: %w", spec.ID, err)
 	}
 	return inst, nil

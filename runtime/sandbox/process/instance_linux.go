@@ -104,7 +104,7 @@ func (i *Instance) Stop(ctx context.Context) error {
 		return fmt.Errorf("stop instance %s: %w", i.id, err)
 	}
 	i.stopped = true
-	i.drv.release(i.id)
+	i.drv.active.Release(i.id)
 	i.log.Info("instance stopped")
 	return nil
 }

@@ -55,7 +55,7 @@ var (
 	ErrUnsupported = errors.New("process sandbox unsupported on this host")
 	// ErrInstanceExists is returned by Start when an instance with the same
 	// ID is running or was not stopped.
-	ErrInstanceExists = errors.New("instance already exists")
+	ErrInstanceExists = sandbox.ErrInstanceExists
 	// ErrInitFailed is returned by Start when the sandbox init could not
 	// set up the sandbox or exec Spec.Args (for example a missing binary).
 	ErrInitFailed = errors.New("sandbox init failed")

@@ -363,6 +363,19 @@ func (s *suite) testCleanStop(t *testing.T) {
 	if len(live) < len(addrs) {
 		t.Errorf("%d live instances before Close, want at least %d", len(live), len(addrs))
 	}
+	// A second Start with the ID of a running instance is refused and
+	// leaves that instance alone.
+	if len(live) > 0 {
+		st := live[0]
+		_, err := s.tg.Driver.Start(context.Background(), st.spec)
+		if !errors.Is(err, sandbox.ErrInstanceExists) {
+			t.Errorf("Start with the ID of running %s: %v, want sandbox.ErrInstanceExists", st.inst.ID(), err)
+		}
+		if !st.live() {
+			t.Errorf("instance %s stopped after a refused Start with its ID", st.inst.ID())
+		}
+		s.mustInvoke(t, s.probe, event{Action: "env", Path: "AWS_LAMBDA_RUNTIME_API"})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := s.w.Close(ctx); err != nil {

@@ -33,6 +33,7 @@ type recorder struct {
 // started is one instance the driver started.
 type started struct {
 	inst sandbox.Instance
+	spec sandbox.Spec // what it was started with
 	mu   sync.Mutex
 	pids []int // every PID seen in its cgroup v2 directory
 }
@@ -42,7 +43,7 @@ func (r *recorder) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instan
 	if err != nil {
 		return nil, err
 	}
-	st := &started{inst: inst}
+	st := &started{inst: inst, spec: spec}
 	st.sample()
 	r.mu.Lock()
 	if r.byID == nil {

@@ -3,7 +3,6 @@
 package container
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // cgroupHost is the host's cgroup layout as detected by New. It is
@@ -45,34 +46,26 @@ func detectCgroups(parent string) (*cgroupHost, error) {
 }
 
 // parseCgroupMounts finds the cgroup mounts in a mountinfo table.
-func parseCgroupMounts(mountinfo []byte, parent string) (*cgroupHost, error) {
+func parseCgroupMounts(table []byte, parent string) (*cgroupHost, error) {
+	infos, err := mountinfo.GetMountsFromReader(bytes.NewReader(table), mountinfo.FSTypeFilter("cgroup", "cgroup2"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: parse mountinfo: %w", ErrUnsupported, err)
+	}
 	h := &cgroupHost{parent: parent}
-	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-		f := strings.Fields(sc.Text())
-		sep := slices.Index(f, "-")
-		if sep < 6 || sep+3 >= len(f) {
-			continue
-		}
-		mp := unescapeMountPath(f[4])
-		switch f[sep+1] {
+	for _, m := range infos {
+		switch m.FSType {
 		case "cgroup2":
 			if h.unified == "" {
-				h.unified = mp
-				h.all = append(h.all, mp)
+				h.unified = m.Mountpoint
+				h.all = append(h.all, m.Mountpoint)
 			}
 		case "cgroup":
-			h.all = append(h.all, mp)
-			if slices.Contains(strings.Split(f[sep+3], ","), "memory") {
-				h.memory = mp
+			h.all = append(h.all, m.Mountpoint)
+			if slices.Contains(strings.Split(m.VFSOptions, ","), "memory") {
+				h.memory = m.Mountpoint
 				h.hybrid = true
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%w: parse mountinfo: %w", ErrUnsupported, err)
 	}
 	if h.unified == "" {
 		return nil, fmt.Errorf("%w: no cgroup2 file system mounted", ErrUnsupported)
@@ -81,26 +74,6 @@ func parseCgroupMounts(mountinfo []byte, parent string) (*cgroupHost, error) {
 		h.memory = h.unified
 	}
 	return h, nil
-}
-
-// unescapeMountPath undoes the octal escapes (\040 for space, ...) the
-// kernel applies to paths in mountinfo.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // rel returns the instance's cgroup path relative to every hierarchy's

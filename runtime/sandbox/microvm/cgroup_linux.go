@@ -3,7 +3,6 @@
 package microvm
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // cgroupHost is where the cgroup v2 hierarchy and the memory, cpu and pids
@@ -27,30 +28,22 @@ type cgroupHost struct {
 }
 
 func detectCgroups(parent string) (*cgroupHost, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup", "cgroup2"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: read mountinfo: %w", ErrUnsupported, err)
 	}
-	defer f.Close()
 	h := &cgroupHost{parent: parent, v1: map[string]string{}}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		i := slices.Index(fields, "-")
-		if i < 0 || i+3 >= len(fields) || len(fields) < 5 {
-			continue
-		}
-		mp, fsType := fields[4], fields[i+1]
-		switch fsType {
+	for _, m := range infos {
+		switch m.FSType {
 		case "cgroup2":
 			if h.unified == "" {
-				h.unified = mp
+				h.unified = m.Mountpoint
 			}
 		case "cgroup":
-			for _, o := range strings.Split(fields[i+3], ",") {
+			for _, o := range strings.Split(m.VFSOptions, ",") {
 				if o == "memory" || o == "cpu" || o == "pids" {
 					if _, ok := h.v1[o]; !ok {
-						h.v1[o] = mp
+						h.v1[o] = m.Mountpoint
 					}
 				}
 			}

@@ -3,8 +3,6 @@
 package process
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/containerd/cgroups/v3/cgroup1"
 	"github.com/containerd/cgroups/v3/cgroup2"
+	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/zfaas/zfaas/runtime/sandbox"
@@ -49,56 +48,22 @@ type mountEntry struct {
 	superOpts  []string
 }
 
+// readMountinfo reads a mountinfo table (proc(5)) with moby/sys/mountinfo.
 func readMountinfo(path string) ([]mountEntry, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	var out []mountEntry
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		if len(fields) > 6 {
-			if i := slices.Index(fields[6:], "-"); i >= 0 {
-				sep = 6 + i
-			}
-		}
-		if sep < 0 || sep+3 >= len(fields) {
-			return nil, fmt.Errorf("parse %s: malformed line %q", path, sc.Text())
-		}
-		out = append(out, mountEntry{
-			mountPoint: unescapeMountPath(fields[4]),
-			fsType:     fields[sep+1],
-			superOpts:  strings.Split(fields[sep+3], ","),
-		})
-	}
-	if err := sc.Err(); err != nil {
+	defer f.Close()
+	infos, err := mountinfo.GetMountsFromReader(f, nil)
+	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", path, err)
 	}
+	out := make([]mountEntry, len(infos))
+	for n, m := range infos {
+		out[n] = mountEntry{mountPoint: m.Mountpoint, fsType: m.FSType, superOpts: strings.Split(m.VFSOptions, ",")}
+	}
 	return out, nil
-}
-
-// unescapeMountPath undoes the octal escapes (\040 for space, ...) the
-// kernel applies to paths in mountinfo.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // detectCgroups finds the cgroup2 mount and where the memory, cpu and pids

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -44,13 +43,21 @@ func boottime() int64 {
 // (the caller then powers the VM off).
 func RunGuest() error {
 	start := boottime()
-	setupErr := setupGuest()
-	port, err := openPort()
+	setupErr := SetupGuest()
+	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
-		return fmt.Errorf("open agent port: %w", errors.Join(setupErr, err))
+		return fmt.Errorf("read kernel command line: %w", errors.Join(setupErr, err))
+	}
+	tr, err := TransportFromCmdline(string(cmdline))
+	if err != nil {
+		return errors.Join(setupErr, err)
+	}
+	port, err := tr.Open(portTimeout)
+	if err != nil {
+		return fmt.Errorf("open agent channel (%s): %w", tr.Name(), errors.Join(setupErr, err))
 	}
 	m := NewMux(port, true)
-	ready := Ready{Version: Version, AgentStartNanos: start, Kernel: kernelRelease()}
+	ready := Ready{Version: Version, AgentStartNanos: start, Kernel: kernelRelease(), Transport: tr.Name()}
 	if setupErr != nil {
 		ready.Error = setupErr.Error()
 	}
@@ -116,7 +123,12 @@ func RunGuest() error {
 		}
 		go forward(m, l, Open{Kind: StreamUnix, Forward: i})
 	}
-	exit := runCommand(m, cfg)
+	cgfd, err := applyLimits(cfg)
+	if err != nil {
+		_ = m.SendJSON(TStarted, Started{Error: err.Error()})
+		return err
+	}
+	exit := runCommand(m, cfg, cgfd)
 	_ = m.SendJSON(TExit, exit)
 	// Give the host a moment to read the exit before the VM goes away.
 	time.Sleep(50 * time.Millisecond)
@@ -190,13 +202,74 @@ func (w frameWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func runCommand(m *Mux, cfg Config) Exit {
+// FunctionCgroup is the guest cgroup (under the cgroup2 mount at
+// /sys/fs/cgroup) the command runs in when Config sets a memory or PID
+// limit.
+const FunctionCgroup = "/sys/fs/cgroup/function"
+
+// applyLimits sets up Config's limits: /tmp's size, RLIMIT_NOFILE (on the
+// agent itself, so the command inherits it; the agent needs few files) and
+// the function's cgroup. It returns an open directory descriptor of the
+// cgroup to start the command in, or -1 when there is none.
+func applyLimits(cfg Config) (int, error) {
+	if cfg.TmpBytes > 0 {
+		if err := unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV,
+			"mode=1777,size="+strconv.FormatInt(cfg.TmpBytes, 10)); err != nil {
+			return -1, fmt.Errorf("size /tmp: %w", err)
+		}
+	}
+	if cfg.NoFile > 0 {
+		// syscall's Setrlimit, not unix's: the runtime then stops restoring
+		// its own start-up limit in children.
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: cfg.NoFile, Max: cfg.NoFile}); err != nil {
+			return -1, fmt.Errorf("nofile limit: %w", err)
+		}
+	}
+	if cfg.MemoryBytes <= 0 && cfg.PIDs <= 0 {
+		return -1, nil
+	}
+	root := filepath.Dir(FunctionCgroup)
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return -1, err
+	}
+	if err := unix.Mount("cgroup2", root, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+		return -1, fmt.Errorf("mount cgroup2: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "cgroup.subtree_control"), []byte("+memory +pids"), 0); err != nil {
+		return -1, fmt.Errorf("enable memory and pids controllers: %w", err)
+	}
+	if err := os.Mkdir(FunctionCgroup, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return -1, err
+	}
+	set := func(file string, v int64) error {
+		if v <= 0 {
+			return nil
+		}
+		if err := os.WriteFile(filepath.Join(FunctionCgroup, file), []byte(strconv.FormatInt(v, 10)), 0); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		return nil
+	}
+	if err := errors.Join(set("memory.max", cfg.MemoryBytes), set("pids.max", cfg.PIDs)); err != nil {
+		return -1, err
+	}
+	fd, err := unix.Open(FunctionCgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+func runCommand(m *Mux, cfg Config, cgroupFD int) Exit {
 	cmd := exec.Command(cfg.Args[0], cfg.Args[1:]...)
 	cmd.Env = cfg.Env
 	cmd.Dir = cfg.WorkDir
 	cmd.Stdout = frameWriter{m, TStdout}
 	cmd.Stderr = frameWriter{m, TStderr}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cgroupFD >= 0 {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgroupFD
+	}
 	if cfg.UID != 0 || cfg.GID != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(cfg.UID), Gid: uint32(cfg.GID)}
 	}
@@ -221,9 +294,10 @@ func runCommand(m *Mux, cfg Config) Exit {
 	}
 }
 
-// setupGuest mounts the pseudo file systems, loads the modules and brings
-// up the loopback interface.
-func setupGuest() error {
+// SetupGuest mounts the pseudo file systems, loads the modules in
+// ModulesList, mounts the host's shares and brings up the loopback
+// interface. RunGuest calls it first; it must run as PID 1 of a guest.
+func SetupGuest() error {
 	var errs []error
 	for _, mt := range []struct {
 		src, dst, fs string
@@ -320,28 +394,6 @@ func kernelRelease() string {
 		return ""
 	}
 	return unix.ByteSliceToString(u.Release[:])
-}
-
-// openPort finds the virtio-serial port named PortName and opens it once
-// the host end is connected (reads return EOF until then).
-func openPort() (io.ReadWriteCloser, error) {
-	deadline := time.Now().Add(portTimeout)
-	for {
-		dev := findPort()
-		if dev != "" {
-			f, err := os.OpenFile(dev, os.O_RDWR, 0)
-			if err == nil {
-				if connected(f) {
-					return f, nil
-				}
-				f.Close()
-			}
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("virtio-serial port %s not connected after %v", PortName, portTimeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func findPort() string {

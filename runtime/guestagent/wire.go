@@ -1,5 +1,6 @@
 // Package guestagent is the micro-VM guest agent and the wire protocol it
-// speaks with the worker over the VM's private channel (virtio-serial).
+// speaks with the worker over the VM's private channel: a virtio-serial
+// port, or AF_VSOCK where the host has vhost-vsock ([GuestTransport]).
 //
 // The agent runs as PID 1 in the guest (see [RunGuest]): it mounts /proc,
 // /sys, /dev and /tmp, loads the virtio modules, announces itself with a
@@ -76,7 +77,10 @@ type Ready struct {
 	AgentStartNanos int64  `json:"agent_start_ns"`
 	ReadyNanos      int64  `json:"ready_ns"`
 	Kernel          string `json:"kernel,omitempty"`
-	Error           string `json:"error,omitempty"` // setup failure (modules, mounts)
+	// Transport is the channel the agent opened (TransportSerial or
+	// TransportVsock).
+	Transport string `json:"transport,omitempty"`
+	Error     string `json:"error,omitempty"` // setup failure (modules, mounts)
 }
 
 // Config tells the agent what to run. An empty Args means: only report
@@ -94,6 +98,15 @@ type Config struct {
 	// UID and GID run the command; 0 keeps root (the VM is the boundary).
 	UID int `json:"uid,omitempty"`
 	GID int `json:"gid,omitempty"`
+	// Limits inside the guest; zero means none beyond the VM's own. The
+	// command runs in a cgroup of its own (FunctionCgroup) with memory.max
+	// MemoryBytes and pids.max PIDs, so the guest's OOM killer and fork
+	// limit hit the function, never the agent; NoFile is its
+	// RLIMIT_NOFILE; /tmp is a tmpfs of TmpBytes.
+	MemoryBytes int64  `json:"memory_bytes,omitempty"`
+	PIDs        int64  `json:"pids,omitempty"`
+	NoFile      uint64 `json:"nofile,omitempty"`
+	TmpBytes    int64  `json:"tmp_bytes,omitempty"`
 	// Sockets are absolute guest paths of Unix sockets the agent listens
 	// on before it starts the command (at most MaxSockets, each at most
 	// MaxSocketPath bytes; mode 0600, owned by UID/GID). Each accepted

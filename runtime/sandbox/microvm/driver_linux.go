@@ -42,6 +42,9 @@ type Driver struct {
 	accelOnce sync.Once
 	accel     string
 
+	transport string // guestagent.TransportSerial or TransportVsock
+	cids      cidSet // context IDs of running VMs (vsock)
+
 	active sandbox.IDs // IDs started and not yet stopped
 }
 
@@ -63,6 +66,7 @@ func New(cfg Config) (*Driver, error) {
 	def(&cfg.KernelDir, DefaultKernelDir)
 	def(&cfg.QEMUPath, DefaultQEMU)
 	def(&cfg.Accel, accelAuto)
+	def(&cfg.Transport, transportAuto)
 	def(&cfg.CgroupParent, DefaultCgroupParent)
 	switch cfg.Accel {
 	case accelAuto, accelKVM, accelTCG:
@@ -74,6 +78,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.Limits.CPUs == 0 {
 		cfg.Limits.CPUs = DefaultCPUs
+	}
+	if cfg.Limits.PIDs == 0 {
+		cfg.Limits.PIDs = DefaultPIDs
+	}
+	if cfg.Limits.NoFile == 0 {
+		cfg.Limits.NoFile = DefaultNoFile
 	}
 	if cfg.MinCPUs == 0 {
 		cfg.MinCPUs = DefaultCPUs
@@ -122,15 +132,19 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("microvm driver: %w", err)
 	}
+	transport, err := chooseTransport(cfg.Transport, vhostVsockDev)
+	if err != nil {
+		return nil, fmt.Errorf("microvm driver: %w", err)
+	}
 	khz := cfg.TSCKHz
 	if khz == 0 {
 		khz = hostTSCKHz()
 	}
-	d := &Driver{cfg: cfg, qemu: qemu, log: log, cg: cg, base: base, tscKHz: khz}
+	d := &Driver{cfg: cfg, qemu: qemu, log: log, cg: cg, base: base, tscKHz: khz, transport: transport}
 	if cfg.Accel != accelAuto {
 		d.accelOnce.Do(func() { d.accel = cfg.Accel })
 	}
-	log.Info("microvm sandbox driver ready", "qemu", qemu, "kernel_dir", cfg.KernelDir, "accel", cfg.Accel)
+	log.Info("microvm sandbox driver ready", "qemu", qemu, "kernel_dir", cfg.KernelDir, "accel", cfg.Accel, "transport", transport)
 	return d, nil
 }
 
@@ -243,8 +257,10 @@ func (d *Driver) validate(spec *sandbox.Spec) error {
 		return bad("code dir %q must be an absolute path", spec.CodeDir)
 	case spec.Limits.MemoryBytes != 0 && spec.Limits.MemoryBytes < minMemoryBytes:
 		return bad("memory limit %d below minimum %d", spec.Limits.MemoryBytes, minMemoryBytes)
-	case spec.Limits.MemoryBytes < 0 || spec.Limits.CPUs < 0:
+	case spec.Limits.MemoryBytes < 0 || spec.Limits.CPUs < 0 || spec.Limits.PIDs < 0 || spec.Limits.TmpBytes < 0:
 		return bad("limits must not be negative")
+	case spec.Limits.PIDs != 0 && spec.Limits.PIDs < minPIDs:
+		return bad("pids limit %d below minimum %d", spec.Limits.PIDs, minPIDs)
 	}
 	for _, e := range spec.Env {
 		if !strings.Contains(e, "=") || strings.ContainsRune(e, 0) {
@@ -284,17 +300,13 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 	}()
 	accel := d.Accel()
 	t0 := time.Now()
-	mem := spec.Limits.MemoryBytes
-	if mem == 0 {
-		mem = d.cfg.Limits.MemoryBytes
-	}
-	cpus := spec.Limits.CPUs
-	if cpus == 0 {
-		cpus = d.cfg.Limits.CPUs
-	}
+	lim := spec.Limits.WithDefaults(d.cfg.Limits)
+	// The function's memory limit is enforced in the guest (its own
+	// cgroup); the VM gets at least what the kernel and agent boot in.
+	mem := max(lim.MemoryBytes, MinGuestMemoryBytes)
 	// A VM's single vCPU is one host thread; a quota below MinCPUs (the
 	// worker gives small functions half a core) mostly stretches the boot.
-	cpus = max(cpus, d.cfg.MinCPUs)
+	cpus := max(lim.CPUs, d.cfg.MinCPUs)
 	dir := filepath.Join(d.cfg.StateDir, spec.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: state dir: %w", ErrInstanceExists, err)
@@ -341,10 +353,12 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Instan
 			KernelToInit: time.Duration(ready.AgentStartNanos),
 			InitToReady:  time.Duration(ready.ReadyNanos - ready.AgentStartNanos),
 			Accel:        accel,
+			Transport:    ready.Transport,
 		},
 	}
 	gcfg := guestagent.Config{Args: spec.Args, Env: spec.Env, WorkDir: spec.WorkDir, UnixNanos: time.Now().UnixNano(),
-		UID: d.cfg.UID, GID: d.cfg.GID}
+		UID: d.cfg.UID, GID: d.cfg.GID,
+		MemoryBytes: lim.MemoryBytes, PIDs: lim.PIDs, NoFile: lim.NoFile, TmpBytes: lim.TmpBytes}
 	if gcfg.WorkDir == "" {
 		gcfg.WorkDir = sandbox.TaskRoot
 	}
@@ -510,9 +524,11 @@ func startInCgroup(cmd *exec.Cmd, cg *vmCgroup) error {
 type vm struct {
 	cmd     *exec.Cmd
 	started time.Time
+	ch      channel
 	mux     *guestagent.Mux
 	exited  chan struct{}
 	waitErr error
+	stderr  *bytes.Buffer // QEMU's; read only after exited is closed
 	log     string
 }
 
@@ -525,39 +541,45 @@ func (d *Driver) boot(ctx context.Context, dir, accel string, mem int64, cg *vmC
 			return nil, err
 		}
 	}
-	sock := filepath.Join(dir, agentSocketName)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	ch, err := d.newChannel(dir)
 	if err != nil {
-		return nil, fmt.Errorf("agent socket: %w", err)
+		return nil, err
 	}
-	defer l.Close()
-	args := qemuArgs(accel, d.cfg.TCGCacheMiB, mem, d.tscKHz, d.cfg.KernelDir, initrd, sock, filepath.Join(dir, serialLogName))
+	args := qemuArgs(accel, d.cfg.TCGCacheMiB, mem, d.tscKHz, d.cfg.KernelDir, initrd, filepath.Join(dir, serialLogName), ch)
 	cmd := exec.Command(d.qemu, args...)
 	cmd.Stdout = io.Discard
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	v := &vm{cmd: cmd, exited: make(chan struct{}), log: filepath.Join(dir, serialLogName)}
+	v := &vm{cmd: cmd, ch: ch, exited: make(chan struct{}), stderr: &stderr, log: filepath.Join(dir, serialLogName)}
 	if err := startInCgroup(cmd, cg); err != nil {
+		ch.close()
 		return nil, fmt.Errorf("start qemu: %w", err)
 	}
 	v.started = time.Now()
-	go func() { v.waitErr = cmd.Wait(); close(v.exited) }()
-	type acc struct {
+	// The channel (its context ID) is released once QEMU is gone.
+	go func() { v.waitErr = cmd.Wait(); ch.close(); close(v.exited) }()
+	type conn struct {
 		c   net.Conn
 		err error
 	}
-	ch := make(chan acc, 1)
-	go func() { c, err := l.Accept(); ch <- acc{c, err} }()
+	connCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := make(chan conn, 1)
+	go func() { c, err := ch.connect(connCtx); res <- conn{c, err} }()
 	select {
-	case a := <-ch:
-		if a.err != nil {
+	case r := <-res:
+		if r.err != nil {
 			v.kill()
-			return nil, fmt.Errorf("accept agent channel: %w", a.err)
+			return nil, fmt.Errorf("connect agent channel: %w", r.err)
 		}
-		v.mux = guestagent.NewMux(a.c, false)
+		v.mux = guestagent.NewMux(r.c, false)
 		go v.mux.Run()
 		return v, nil
 	case <-v.exited:
+		cancel()
+		if r := <-res; r.c != nil {
+			r.c.Close()
+		}
 		return nil, fmt.Errorf("qemu exited: %v: %s", v.waitErr, strings.TrimSpace(lastLines(stderr.String(), 5)))
 	case <-ctx.Done():
 		v.kill()
@@ -565,7 +587,7 @@ func (d *Driver) boot(ctx context.Context, dir, accel string, mem int64, cg *vmC
 	}
 }
 
-func qemuArgs(accel string, tbMiB int, mem int64, tscKHz int, kernelDir, initrd, sock, serial string) []string {
+func qemuArgs(accel string, tbMiB int, mem int64, tscKHz int, kernelDir, initrd, serial string, ch channel) []string {
 	acc := accel
 	cpu := "max"
 	if accel == accelTCG {
@@ -577,7 +599,8 @@ func qemuArgs(accel string, tbMiB int, mem int64, tscKHz int, kernelDir, initrd,
 	if tscKHz > 0 {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(tscKHz)
 	}
-	return []string{
+	cmdline += " " + ch.cmdline()
+	return append([]string{
 		"-M", "microvm,x-option-roms=off,rtc=off",
 		"-accel", acc,
 		"-cpu", cpu,
@@ -596,10 +619,7 @@ func qemuArgs(accel string, tbMiB int, mem int64, tscKHz int, kernelDir, initrd,
 		"-device", "virtio-9p-device,fsdev=hostlib,mount_tag=" + guestagent.TagLib,
 		"-fsdev", "local,id=hostetc,path=/etc,security_model=none,readonly=on",
 		"-device", "virtio-9p-device,fsdev=hostetc,mount_tag=" + guestagent.TagEtc,
-		"-device", "virtio-serial-device",
-		"-chardev", "socket,id=agent,path=" + sock,
-		"-device", "virtserialport,chardev=agent,name=" + guestagent.PortName,
-	}
+	}, ch.qemuArgs()...)
 }
 
 func lastLines(s string, n int) string {
@@ -630,7 +650,7 @@ func (v *vm) waitReady(ctx context.Context) (guestagent.Ready, error) {
 	var r guestagent.Ready
 	f, err := v.next(ctx)
 	if err != nil {
-		return r, fmt.Errorf("wait for agent ready: %w (serial: %s)", err, v.serialTail())
+		return r, fmt.Errorf("wait for agent ready: %w (serial: %s%s)", err, v.serialTail(), v.exitDetail())
 	}
 	if f.Type != guestagent.TReady || json.Unmarshal(f.Payload, &r) != nil {
 		return r, fmt.Errorf("agent sent frame %d, want ready", f.Type)
@@ -642,6 +662,17 @@ func (v *vm) waitReady(ctx context.Context) (guestagent.Ready, error) {
 		return r, fmt.Errorf("agent setup: %s", r.Error)
 	}
 	return r, nil
+}
+
+// exitDetail describes QEMU's end when it has ended (after a short grace:
+// the channel usually closes just before the process is reaped).
+func (v *vm) exitDetail() string {
+	select {
+	case <-v.exited:
+	case <-time.After(100 * time.Millisecond):
+		return ""
+	}
+	return fmt.Sprintf("; qemu: %v: %s", v.waitErr, lastLines(v.stderr.String(), 3))
 }
 
 func (v *vm) serialTail() string {

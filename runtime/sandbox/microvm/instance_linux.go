@@ -25,6 +25,7 @@ type BootTimes struct {
 	KernelToInit time.Duration // guest kernel start to agent main (guest clock)
 	InitToReady  time.Duration // agent main to Ready (mounts, modules, channel)
 	Accel        string
+	Transport    string // the agent channel: guestagent.TransportSerial or TransportVsock
 }
 
 // Instance is one running micro-VM. It is safe for concurrent use.

@@ -3,8 +3,9 @@
 // holds the static guest agent (PID 1, runtime/guestagent), the virtio
 // modules, the function package and the Spec's read-only mounts.
 //
-// The VM has no NIC. The agent talks to the driver over one virtio-serial
-// port; TCP the function needs is tunnelled over it: the agent listens in
+// The VM has no NIC. The agent talks to the driver over one channel: a
+// virtio-serial port, or AF_VSOCK where the host has vhost-vsock (each VM
+// then gets a random context ID of its own and the driver dials it). TCP the function needs is tunnelled over it: the agent listens in
 // the guest on the address of AWS_LAMBDA_RUNTIME_API and the driver has a
 // host proxy, running inside the instance's cgroup, dial the real address;
 // for HTTP mode the proxy listens on the host's 127.0.0.1:PORT and each
@@ -40,17 +41,26 @@ const (
 	DefaultCPUs          = 1.0
 	DefaultOverheadBytes = 320 << 20
 	DefaultHostPIDs      = 256
-	DefaultTCGCacheMiB   = 64
-	DefaultBootTimeout   = 60 * time.Second
-	DefaultProbeTimeout  = 15 * time.Second
-	minMemoryBytes       = 64 << 20
-	maxInitramfsBytes    = 512 << 20
-	componentName        = "sandbox/microvm"
-	accelKVM, accelTCG   = "kvm", "tcg"
-	accelAuto            = "auto"
-	agentSocketName      = "agent.sock"
-	serialLogName        = "serial.log"
-	initrdName           = "initrd.cpio"
+	DefaultPIDs          = 256  // pids.max of the function's cgroup in the guest
+	DefaultNoFile        = 1024 // RLIMIT_NOFILE of the function in the guest
+	// MinGuestMemoryBytes is the least memory a VM gets: below it the
+	// Debian kernel and the agent do not boot. A function with a smaller
+	// limit still gets only its limit (the guest cgroup).
+	MinGuestMemoryBytes = 128 << 20
+	DefaultTCGCacheMiB  = 64
+	DefaultBootTimeout  = 60 * time.Second
+	DefaultProbeTimeout = 15 * time.Second
+	minMemoryBytes      = 16 << 20
+	minPIDs             = 8
+	maxInitramfsBytes   = 512 << 20
+	componentName       = "sandbox/microvm"
+	accelKVM, accelTCG  = "kvm", "tcg"
+	accelAuto           = "auto"
+	transportAuto       = "auto"
+	vhostVsockDev       = "/dev/vhost-vsock"
+	agentSocketName     = "agent.sock"
+	serialLogName       = "serial.log"
+	initrdName          = "initrd.cpio"
 )
 
 // Sentinel errors, returned wrapped; match them with [errors.Is].
@@ -84,6 +94,10 @@ type Config struct {
 	AgentPath string
 	// Accel is "auto" (probe KVM, else TCG), "kvm" or "tcg". Default auto.
 	Accel string
+	// Transport is the agent channel: "auto" (vsock where /dev/vhost-vsock
+	// opens, else serial), "serial" (a virtio-serial port) or "vsock"
+	// (AF_VSOCK; New fails without /dev/vhost-vsock). Default auto.
+	Transport string
 	// StateDir holds a 0700 directory per instance (initramfs, agent
 	// socket, serial log). Required; absolute.
 	StateDir string
@@ -91,7 +105,12 @@ type Config struct {
 	// which instances get <CgroupParent>/<Spec.ID>. Default "zfaas".
 	CgroupParent string
 	// Limits are the defaults for zero fields of Spec.Limits
-	// (DefaultMemoryBytes, DefaultCPUs).
+	// (DefaultMemoryBytes, DefaultCPUs, DefaultPIDs, DefaultNoFile; /tmp
+	// is half the guest memory unless TmpBytes says otherwise). Memory,
+	// PIDs, NoFile and TmpBytes are enforced inside the guest: the
+	// function runs in a cgroup of its own there. The VM's memory is the
+	// function's limit, at least MinGuestMemoryBytes; QEMU's host cgroup
+	// adds OverheadBytes to it.
 	Limits sandbox.Limits
 	// MinCPUs is the least CPU quota an instance's cgroup gets (default 1:
 	// the VM's one vCPU): below it a boot mostly waits for its quota.

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/zfaas/zfaas/identity"
+	"github.com/zfaas/zfaas/runtime/guestagent"
 	"github.com/zfaas/zfaas/runtime/sandbox"
 	"github.com/zfaas/zfaas/runtime/svid"
 	"github.com/zfaas/zfaas/runtime/worker"
@@ -368,5 +369,36 @@ func TestWorkloadAPIInGuest(t *testing.T) {
 		t.Errorf("host process outside the cgroup got %s, want refusal", s.ID)
 	} else if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("host process outside the cgroup: %v, want PermissionDenied", err)
+	}
+}
+
+// TestGuestLimits checks that the limits reach the function inside the
+// guest (its own cgroup, RLIMIT_NOFILE, the size of /tmp) and that a
+// function smaller than a bootable VM still gets a VM of
+// MinGuestMemoryBytes, with its own limit applied in the guest.
+func TestGuestLimits(t *testing.T) {
+	d, code := newDriver(t)
+	ctx := context.Background()
+	var out, errOut syncBuffer
+	inst, err := d.Start(ctx, sandbox.Spec{
+		ID: "vm-limits", CodeDir: code, Args: []string{"/var/task/fn", "limits"},
+		Limits: sandbox.Limits{MemoryBytes: 64 << 20, PIDs: 40, NoFile: 333, TmpBytes: 8 << 20},
+		Stdout: &out, Stderr: &errOut,
+	})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer inst.Stop(ctx)
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", inst.(*Instance).QEMUPid()))
+	if want := fmt.Sprintf("\x00-m\x00%dM\x00", MinGuestMemoryBytes>>20); !bytes.Contains(cmdline, []byte(want)) {
+		t.Errorf("qemu cmdline %q: want the VM at %d MiB", bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}), MinGuestMemoryBytes>>20)
+	}
+	waitDone(t, inst)
+	want := fmt.Sprintf("nofile=333 tmp=%d cgroup=/function memory=%d pids=40\n", 8<<20, 64<<20)
+	if got := out.String(); got != want {
+		t.Errorf("function saw %q, want %q (stderr %q, err %v)", got, want, errOut.String(), inst.Err())
+	}
+	if b := inst.(*Instance).Boot; b.Transport != guestagent.TransportSerial {
+		t.Errorf("boot transport %q, want serial on a host without vhost-vsock", b.Transport)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
+	"syscall"
 )
 
 func main() {
@@ -28,5 +30,17 @@ func main() {
 		fmt.Println(http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), nil))
 	case "exit":
 		os.Exit(7)
+	case "limits":
+		// The limits the guest applied, as the function sees them.
+		var rl syscall.Rlimit
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+		var st syscall.Statfs_t
+		_ = syscall.Statfs("/tmp", &st)
+		cg, _ := os.ReadFile("/proc/self/cgroup")
+		dir := "/sys/fs/cgroup" + strings.TrimPrefix(strings.TrimSpace(string(cg)), "0::")
+		mem, _ := os.ReadFile(dir + "/memory.max")
+		pids, _ := os.ReadFile(dir + "/pids.max")
+		fmt.Printf("nofile=%d tmp=%d cgroup=%s memory=%s pids=%s\n", rl.Cur, st.Blocks*uint64(st.Bsize),
+			strings.TrimPrefix(dir, "/sys/fs/cgroup"), strings.TrimSpace(string(mem)), strings.TrimSpace(string(pids)))
 	}
 }

@@ -156,6 +156,9 @@ type microVMConfig struct {
 	// Accel is auto (KVM when a probe boot proves it works, else TCG),
 	// kvm or tcg.
 	Accel string `yaml:"accel"`
+	// Transport is the agent channel: auto (vsock where /dev/vhost-vsock
+	// opens, else serial), serial or vsock.
+	Transport string `yaml:"transport"`
 }
 
 // containerdConfig configures the container sandbox (docs/container.md).
@@ -340,6 +343,11 @@ func (c *upConfig) validate() error {
 		case "", "auto", "kvm", "tcg":
 		default:
 			return fmt.Errorf("worker.microvm.accel %q: want auto, kvm or tcg", c.Worker.MicroVM.Accel)
+		}
+		switch c.Worker.MicroVM.Transport {
+		case "", "auto", "serial", "vsock":
+		default:
+			return fmt.Errorf("worker.microvm.transport %q: want auto, serial or vsock", c.Worker.MicroVM.Transport)
 		}
 	default:
 		return fmt.Errorf("worker.sandbox %q: want process, microvm or container", c.Worker.Sandbox)

@@ -36,6 +36,8 @@ func TestConfigFile(t *testing.T) {
 		{"bad trust domain", "identity:\n  trust_domain: Not/A/Domain\n", "identity.trust_domain", nil},
 		{"ca_ttl too short", "identity:\n  x509_svid_ttl: 12h\n", "ca_ttl", nil},
 		{"unknown sandbox", "worker:\n  sandbox: vm\n", "sandbox", nil},
+		{"microvm transport", "worker:\n  sandbox: microvm\n  microvm:\n    transport: vsock\n", "", func(c upConfig) bool { return c.Worker.MicroVM.Transport == "vsock" }},
+		{"bad microvm transport", "worker:\n  sandbox: microvm\n  microvm:\n    transport: tcp\n", "worker.microvm.transport", nil},
 		{"root uid refused", "worker:\n  uid: 0\n", "unprivileged", nil},
 		{"bad tenant", "tenant: Acme\n", "tenant", nil},
 		{"bad replicas", "store:\n  replicas: 2\n", "replicas", nil},

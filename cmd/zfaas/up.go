@@ -837,13 +837,13 @@ func (p *platform) newDriver(cfg upConfig) (sandbox.Driver, error) {
 			agent = filepath.Join(filepath.Dir(exe), "zfaas-agent")
 		}
 		d, err := microvm.New(microvm.Config{
-			KernelDir: m.KernelDir, QEMUPath: m.QEMU, AgentPath: agent, Accel: m.Accel,
+			KernelDir: m.KernelDir, QEMUPath: m.QEMU, AgentPath: agent, Accel: m.Accel, Transport: m.Transport,
 			StateDir: filepath.Join(cfg.DataDir, "microvm"), Logger: p.log,
 		})
 		if err != nil {
 			return nil, err
 		}
-		p.log.Info("sandbox driver \"microvm\": every instance runs in its own QEMU micro-VM", "accel", d.Accel())
+		p.log.Info("sandbox driver \"microvm\": every instance runs in its own QEMU micro-VM", "accel", d.Accel(), "transport", d.Transport())
 		return d, nil
 	case "container":
 		c := cfg.Worker.Containerd

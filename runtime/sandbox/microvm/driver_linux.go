@@ -225,6 +225,10 @@ func (d *Driver) Accel() string {
 	return d.accel
 }
 
+// Transport returns the agent channel VMs use: guestagent.TransportSerial
+// or TransportVsock.
+func (d *Driver) Transport() string { return d.transport }
+
 // probe boots a VM with only the base initramfs under accel and waits for
 // the agent's Ready.
 func (d *Driver) probe(ctx context.Context, accel string) error {

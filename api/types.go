@@ -85,7 +85,7 @@ var reservedEnv = map[string]bool{
 	"AWS_LAMBDA_INITIALIZATION_TYPE": true, "LAMBDA_RUNTIME_DIR": true,
 	"ZFAAS_TENANT": true, "ZFAAS_INSTANCE_ID": true, "TMPDIR": true,
 	"ZFAAS_GATEWAY": true, "ZFAAS_GATEWAY_AUDIENCE": true,
-	"ZFAAS_GATEWAY_ID": true, "ZFAAS_GATEWAY_GRPC": true,
+	"ZFAAS_GATEWAY_ID": true, "ZFAAS_GATEWAY_GRPC": true, "ZFAAS_SVID_DIR": true,
 }
 
 // Normalize fills defaults and validates c. It returns a descriptive error

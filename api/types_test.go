@@ -35,6 +35,7 @@ func TestNormalize(t *testing.T) {
 		{"env ok", FunctionConfig{Runtime: RuntimeGo, Env: map[string]string{"A_1": "x"}}, "", nil},
 		{"env bad name", FunctionConfig{Runtime: RuntimeGo, Env: map[string]string{"1A": "x"}}, "not valid", nil},
 		{"env reserved", FunctionConfig{Runtime: RuntimeGo, Env: map[string]string{"AWS_LAMBDA_RUNTIME_API": "x"}}, "reserved", nil},
+		{"svid dir reserved", FunctionConfig{Runtime: RuntimeGo, Env: map[string]string{"ZFAAS_SVID_DIR": "/tmp"}}, "reserved", nil},
 		{"env too big", FunctionConfig{Runtime: RuntimeGo, Env: map[string]string{"A": strings.Repeat("x", MaxEnvBytes)}}, "limit", nil},
 	}
 	for _, tt := range tests {

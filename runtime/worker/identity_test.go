@@ -237,3 +237,110 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("one idle instance: %+v", st)
 	}
 }
+
+// fakeFileIdentity delivers files; a call of Endpoint is a mistake it
+// counts.
+type fakeFileIdentity struct {
+	fakeIdentity
+	files     EndpointSpec
+	endpoints int
+	fail      error
+}
+
+func (f *fakeFileIdentity) Endpoint(context.Context, EndpointSpec) (string, func(), error) {
+	f.endpoints++
+	return "", nil, errors.New("socket asked for under file delivery")
+}
+
+func (f *fakeFileIdentity) Files(_ context.Context, spec EndpointSpec) (string, func(), error) {
+	f.files = spec
+	if f.fail != nil {
+		return "", nil, f.fail
+	}
+	return f.dir, func() { f.closed++ }, nil
+}
+
+// TestIdentityFiles: under DeliverFiles the instance gets its SVID
+// directory read-only at /run/zfaas/svid and ZFAAS_SVID_DIR, no Workload
+// API socket, and the directory is closed once when the instance stops or
+// its start fails.
+func TestIdentityFiles(t *testing.T) {
+	d := &fakeDriver{}
+	id := &fakeFileIdentity{fakeIdentity: fakeIdentity{dir: t.TempDir()}}
+	w, v := newIdentityTestWorker(t, d, &id.fakeIdentity)
+	w.cfg.Identity, w.cfg.IdentityDelivery = id, DeliverFiles
+	inst, err := w.start(context.Background(), v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ln.Close()
+	if id.files.InstanceID != inst.id || id.files.Tenant != "default" || id.files.Function != "fn-a" {
+		t.Fatalf("files spec %+v for instance %s", id.files, inst.id)
+	}
+	if id.endpoints != 0 {
+		t.Errorf("Endpoint called %d times under file delivery", id.endpoints)
+	}
+	if !slices.Contains(d.spec.Mounts, sandbox.Mount{Source: id.dir, Target: "/run/zfaas/svid"}) {
+		t.Errorf("mounts %v lack the svid dir at /run/zfaas/svid", d.spec.Mounts)
+	}
+	for _, m := range d.spec.Mounts {
+		if m.Target == EndpointMountDir {
+			t.Errorf("mount %v under file delivery", m)
+		}
+	}
+	if !slices.Contains(d.spec.Env, "ZFAAS_SVID_DIR=/run/zfaas/svid") {
+		t.Errorf("env %v lacks ZFAAS_SVID_DIR", d.spec.Env)
+	}
+	if slices.ContainsFunc(d.spec.Env, func(kv string) bool { return strings.HasPrefix(kv, "SPIFFE_ENDPOINT_SOCKET=") }) {
+		t.Errorf("env %v has SPIFFE_ENDPOINT_SOCKET under file delivery", d.spec.Env)
+	}
+	if id.closed != 0 {
+		t.Fatal("svid files closed while the instance runs")
+	}
+	inst.Stop(context.Background())
+	inst.Stop(context.Background())
+	if id.closed != 1 {
+		t.Fatalf("svid files closed %d times after stop, want 1", id.closed)
+	}
+
+	// A failed sandbox start closes them; a failing writer fails the start.
+	d.fail, id.closed = errors.New("no sandbox"), 0
+	if _, err := w.start(context.Background(), v); err == nil {
+		t.Fatal("start succeeded")
+	}
+	if id.closed != 1 {
+		t.Fatalf("svid files closed %d times after a failed start, want 1", id.closed)
+	}
+	d.fail, id.fail = nil, errors.New("issuer down")
+	if _, err := w.start(context.Background(), v); err == nil || !strings.Contains(err.Error(), "svid files") {
+		t.Fatalf("start with a failing writer: %v", err)
+	}
+}
+
+// TestIdentityDeliveryConfig: New refuses file delivery without an
+// identity that writes files, and unknown deliveries.
+func TestIdentityDeliveryConfig(t *testing.T) {
+	base := func() Config {
+		return Config{DataDir: t.TempDir(), Driver: &fakeDriver{}, Packages: bytesSource(nil)}
+	}
+	for _, c := range []struct {
+		name    string
+		mod     func(*Config)
+		wantErr string
+	}{
+		{"socket by default", func(c *Config) { c.Identity = &fakeIdentity{} }, ""},
+		{"files", func(c *Config) { c.Identity, c.IdentityDelivery = &fakeFileIdentity{}, DeliverFiles }, ""},
+		{"files without identity", func(c *Config) { c.IdentityDelivery = DeliverFiles }, "needs an Identity"},
+		{"files without a writer", func(c *Config) { c.Identity, c.IdentityDelivery = &fakeIdentity{}, DeliverFiles }, "writes SVID files"},
+		{"unknown", func(c *Config) { c.Identity, c.IdentityDelivery = &fakeIdentity{}, "env" }, "want socket or files"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := base()
+			c.mod(&cfg)
+			_, err := New(cfg)
+			if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+				t.Fatalf("got %v, want error containing %q", err, c.wantErr)
+			}
+		})
+	}
+}

@@ -206,21 +206,37 @@ func (w *Worker) start(ctx context.Context, v api.Version) (*instance, error) {
 	mounts := []sandbox.Mount{{Source: w.rtDir, Target: sandbox.RuntimeRoot}}
 	closeEndpoint := func() {}
 	if w.cfg.Identity != nil {
-		// The endpoint exists before the sandbox starts, so the function
-		// may fetch its SVID during init; attestation waits for the cgroup.
-		dir, closeFn, err := w.cfg.Identity.Endpoint(ctx, EndpointSpec{
-			InstanceID: inst.id, Tenant: v.Tenant, Function: v.Function, CgroupDir: cgroupOf,
-		})
+		// The endpoint (or the first SVID files) exists before the sandbox
+		// starts, so the function may use its SVID during init;
+		// attestation waits for the cgroup.
+		spec := EndpointSpec{InstanceID: inst.id, Tenant: v.Tenant, Function: v.Function, CgroupDir: cgroupOf}
+		files := w.cfg.IdentityDelivery == DeliverFiles
+		var dir string
+		var closeFn func()
+		var err error
+		if files {
+			dir, closeFn, err = w.cfg.Identity.(FileIdentity).Files(ctx, spec)
+		} else {
+			dir, closeFn, err = w.cfg.Identity.Endpoint(ctx, spec)
+		}
 		if err != nil {
 			close(cgroupKnown)
 			if inst.rt != nil {
 				inst.rt.Close()
 			}
+			if files {
+				return nil, fmt.Errorf("svid files: %w", err)
+			}
 			return nil, fmt.Errorf("workload api endpoint: %w", err)
 		}
 		closeEndpoint = closeFn
-		mounts = append(mounts, sandbox.Mount{Source: dir, Target: EndpointMountDir})
-		env = append(env, "SPIFFE_ENDPOINT_SOCKET=unix://"+path.Join(EndpointMountDir, EndpointSocket))
+		if files {
+			mounts = append(mounts, sandbox.Mount{Source: dir, Target: SVIDMountDir})
+			env = append(env, SVIDDirEnv+"="+SVIDMountDir)
+		} else {
+			mounts = append(mounts, sandbox.Mount{Source: dir, Target: EndpointMountDir})
+			env = append(env, "SPIFFE_ENDPOINT_SOCKET=unix://"+path.Join(EndpointMountDir, EndpointSocket))
+		}
 	}
 	stdout := w.newLineWriter(inst, "stdout")
 	stderr := w.newLineWriter(inst, "stderr")

@@ -62,6 +62,33 @@ type Identity interface {
 	Endpoint(ctx context.Context, spec EndpointSpec) (dir string, closeFn func(), err error)
 }
 
+// FileIdentity is an Identity that can also deliver an instance's SVIDs as
+// files, for sandboxes a Unix socket cannot enter (a Kata VM). With
+// Config.IdentityDelivery DeliverFiles the worker bind-mounts the returned
+// directory read-only at SVIDMountDir and sets SVIDDirEnv to it instead of
+// the Workload API socket.
+type FileIdentity interface {
+	// Files writes the SVIDs of one instance into a directory of its own
+	// before the sandbox starts and keeps them current while the instance
+	// runs; spec.CgroupDir may be ignored. closeFn removes the directory
+	// and is called once when the instance stops (also when its start
+	// fails).
+	Files(ctx context.Context, spec EndpointSpec) (dir string, closeFn func(), err error)
+}
+
+// IdentityDelivery is how instances get their SVIDs.
+type IdentityDelivery string
+
+// The identity deliveries.
+const (
+	// DeliverSocket (the default) mounts a per-instance SPIFFE Workload
+	// API socket (Identity.Endpoint).
+	DeliverSocket IdentityDelivery = "socket"
+	// DeliverFiles mounts a per-instance directory of rotated SVID files
+	// (FileIdentity.Files).
+	DeliverFiles IdentityDelivery = "files"
+)
+
 // EndpointSpec describes the instance an endpoint serves.
 type EndpointSpec struct {
 	InstanceID string
@@ -96,10 +123,15 @@ type EgressSpec struct {
 	Platform []netip.AddrPort
 }
 
-// Where the endpoint appears inside the sandbox.
+// Where the endpoint or the SVID files appear inside the sandbox.
 const (
 	EndpointMountDir = "/run/spiffe"
 	EndpointSocket   = "workload.sock"
+	// SVIDMountDir is where DeliverFiles mounts an instance's SVID files.
+	SVIDMountDir = "/run/zfaas/svid"
+	// SVIDDirEnv is the environment variable that names SVIDMountDir to
+	// the function under DeliverFiles.
+	SVIDDirEnv = "ZFAAS_SVID_DIR"
 )
 
 // Config configures a Worker.
@@ -125,8 +157,11 @@ type Config struct {
 	// Logger is the worker's own log; default discards.
 	Logger *slog.Logger
 	// Identity, when set, gives every instance its own SPIFFE Workload API
-	// endpoint (see Identity); optional.
+	// endpoint (see Identity) or, with IdentityDelivery DeliverFiles, its
+	// own SVID files (it must then be a FileIdentity); optional.
 	Identity Identity
+	// IdentityDelivery is DeliverSocket (default, also "") or DeliverFiles.
+	IdentityDelivery IdentityDelivery
 	// Egress, when set, enforces every instance's egress rules from before
 	// its first process runs; optional (without it instances have the
 	// host's network).
@@ -190,6 +225,19 @@ type unpackCall struct {
 func New(cfg Config) (*Worker, error) {
 	if cfg.DataDir == "" || cfg.Driver == nil || cfg.Packages == nil {
 		return nil, errors.New("worker: DataDir, Driver and Packages are required")
+	}
+	switch cfg.IdentityDelivery {
+	case "", DeliverSocket:
+		cfg.IdentityDelivery = DeliverSocket
+	case DeliverFiles:
+		if cfg.Identity == nil {
+			return nil, errors.New("worker: identity delivery files needs an Identity")
+		}
+		if _, ok := cfg.Identity.(FileIdentity); !ok {
+			return nil, fmt.Errorf("worker: identity delivery files needs an Identity that writes SVID files; %T does not", cfg.Identity)
+		}
+	default:
+		return nil, fmt.Errorf("worker: identity delivery %q: want %s or %s", cfg.IdentityDelivery, DeliverSocket, DeliverFiles)
 	}
 	if cfg.ArchiveLimits == (archive.Limits{}) {
 		cfg.ArchiveLimits = archive.DefaultLimits()

@@ -5,6 +5,12 @@
 // process is in the instance's cgroup, so an instance can never obtain
 // another function's SVID.
 //
+// Where a socket cannot cross the sandbox boundary (a Kata VM shares host
+// directories by virtio-fs), Endpoints.Files writes the instance's SVIDs
+// and bundles as files instead (spiffe-helper's names), rotated at half
+// life and switched as a whole set. That directory must only ever be
+// mounted into the one instance it was made for.
+//
 // Under the gm suite (Config.Suite = ca.SuiteGM) the CA also has SM2
 // authorities: TLCPSource hands platform components a rotating SM2 double
 // SVID for TLCP (crypto/dualstack), GMBundle and VerifyTLCPPeer verify
@@ -24,6 +30,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,7 +48,8 @@ import (
 )
 
 // Provider is the worker's Identity: a CA under DIR/ca and one
-// Workload API server with a socket per instance under DIR/ep/<instance>.
+// Workload API server with a socket per instance under DIR/ep/<instance>,
+// or SVID files per instance under DIR/files/<instance> (Files).
 type Provider struct {
 	*Endpoints
 	td     spiffeid.TrustDomain
@@ -53,34 +61,58 @@ type Provider struct {
 
 // Endpoints is the Workload API of a worker: one server, one socket per
 // instance under DIR/ep/<instance>, each attested by the instance's
-// cgroup. Provider embeds one over its local CA; a worker on another
-// machine starts one over the control plane's issuer (StartEndpoints).
+// cgroup; or, for sandboxes a socket cannot enter, SVID files per instance
+// under DIR/files/<instance> (Files). Provider embeds one over its local
+// CA; a worker on another machine starts one over the control plane's
+// issuer (StartEndpoints).
 type Endpoints struct {
 	td       spiffeid.TrustDomain
 	srv      *workloadapi.Server
 	att      *pendingCgroupAttestor
 	epDir    string
 	uid, gid int
+	issuer   workloadapi.Issuer
+	now      func() time.Time
+	log      *slog.Logger
+	interval time.Duration
+	bg       context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+
+	// The SVID file sets (Files) under filesDir, each with the JWT-SVID
+	// audience.
+	filesDir    string
+	audience    []string
+	filesMu     sync.Mutex
+	files       map[*fileSet]struct{}
+	filesClosed bool
 }
 
 var _ worker.Identity = (*Endpoints)(nil)
 
 // EndpointsConfig configures StartEndpoints.
 type EndpointsConfig struct {
-	// Dir holds the per-instance endpoints (Dir/ep).
+	// Dir holds the per-instance endpoints (Dir/ep) and SVID files
+	// (Dir/files).
 	Dir         string
 	TrustDomain string
-	// UID and GID own the per-instance sockets.
+	// UID and GID own the per-instance sockets and the secret SVID files.
 	UID, GID int
 	// Issuer mints the instances' SVIDs (for a remote worker: the control
 	// plane's identity service). Required.
 	Issuer workloadapi.Issuer
 	// GM delivers SM2 pairs on request (the issuer must mint them).
-	GM     bool
-	Logger *slog.Logger
-	Clock  func() time.Time
+	GM bool
+	// JWTAudience is the audience of the JWT-SVID written with the SVID
+	// files (Files); default the gateway's SPIFFE ID,
+	// spiffe://TD/gateway/local.
+	JWTAudience []string
+	// RefreshInterval is how often Workload API streams and SVID files
+	// are checked against the clock; default
+	// workloadapi.DefaultRefreshInterval.
+	RefreshInterval time.Duration
+	Logger          *slog.Logger
+	Clock           func() time.Time
 }
 
 // StartEndpoints starts a Workload API server whose SVIDs come from
@@ -100,6 +132,20 @@ func StartEndpoints(ctx context.Context, cfg EndpointsConfig) (*Endpoints, error
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = workloadapi.DefaultRefreshInterval
+	}
+	aud := slices.Clone(cfg.JWTAudience)
+	if len(aud) == 0 {
+		gw, err := identity.GatewayID(td, "local")
+		if err != nil {
+			return nil, err
+		}
+		aud = []string{gw.String()}
+	}
+	if slices.Contains(aud, "") {
+		return nil, errors.New("svid: empty jwt audience")
+	}
 	cgAtt, err := workloadapi.NewCgroupAttestor()
 	if err != nil {
 		return nil, err
@@ -115,20 +161,49 @@ func StartEndpoints(ctx context.Context, cfg EndpointsConfig) (*Endpoints, error
 	if err := os.Mkdir(epDir, 0o700); err != nil {
 		return nil, err
 	}
+	filesDir := filepath.Join(cfg.Dir, "files")
+	if err := prepareFilesDir(filesDir); err != nil {
+		return nil, err
+	}
 	att := &pendingCgroupAttestor{inner: cgAtt, cgroups: map[string]func() (string, error){}}
 	srv, err := workloadapi.New(workloadapi.Config{Issuer: cfg.Issuer, Attestor: att, Logger: log, Clock: cfg.Clock, GM: cfg.GM})
 	if err != nil {
 		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	e := &Endpoints{td: td, srv: srv, att: att, epDir: epDir, uid: cfg.UID, gid: cfg.GID, cancel: cancel}
-	e.wg.Go(func() { _ = srv.Run(bg) })
-	log.Info("workload api ready", "trust_domain", cfg.TrustDomain, "endpoints", epDir)
+	e := &Endpoints{
+		td: td, srv: srv, att: att, epDir: epDir, uid: cfg.UID, gid: cfg.GID,
+		issuer: cfg.Issuer, now: cfg.Clock, log: log.With("component", "svid"), interval: cfg.RefreshInterval, bg: bg, cancel: cancel,
+		filesDir: filesDir, audience: aud, files: map[*fileSet]struct{}{},
+	}
+	e.wg.Go(func() {
+		t := time.NewTicker(e.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-t.C:
+				e.Refresh()
+			}
+		}
+	})
+	log.Info("workload api ready", "trust_domain", cfg.TrustDomain, "endpoints", epDir, "svid_files", filesDir)
 	return e, nil
 }
 
-// Close stops the server, ending open streams.
+// Refresh wakes every Workload API stream and every SVID file writer to
+// check its SVIDs against the clock now (they also do every
+// RefreshInterval).
+func (e *Endpoints) Refresh() {
+	e.srv.Refresh()
+	e.refreshFiles()
+}
+
+// Close removes the SVID files still open and stops the server, ending
+// open streams.
 func (e *Endpoints) Close() error {
+	e.closeAllFiles()
 	e.srv.Stop()
 	e.cancel()
 	e.wg.Wait()
@@ -143,7 +218,7 @@ type Config struct {
 	Dir string
 	// TrustDomain is e.g. "zfaas.local".
 	TrustDomain string
-	// UID and GID own the per-instance sockets.
+	// UID and GID own the per-instance sockets and the secret SVID files.
 	UID, GID int
 	// X509TTL, JWTTTL and CATTL are the CA's lifetimes; zero means the
 	// defaults of identity/ca (1h, 5m, 24h).
@@ -158,6 +233,9 @@ type Config struct {
 	// Clock returns the current time for the CA, the Workload API and the
 	// rotation of the sources; nil means time.Now.
 	Clock func() time.Time
+	// JWTAudience and RefreshInterval are EndpointsConfig's.
+	JWTAudience     []string
+	RefreshInterval time.Duration
 }
 
 // Issued describes one SVID handed to an instance.
@@ -167,6 +245,9 @@ type Issued struct {
 	Serial   string // hex, X.509 and GM only
 	Audience []string
 	NotAfter time.Time
+	// Delivery is how the instance gets it: DeliveryWorkloadAPI or
+	// DeliveryFiles.
+	Delivery string
 }
 
 // recordingIssuer tells Config.OnIssue of every SVID it mints.
@@ -179,7 +260,7 @@ func (r recordingIssuer) MintX509SVID(ctx context.Context, p ca.X509Params) (*ca
 	s, err := r.CA.MintX509SVID(ctx, p)
 	if err == nil && len(s.Certificates) > 0 {
 		leaf := s.Certificates[0]
-		r.on(Issued{ID: s.ID.String(), Type: "x509", Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter})
+		r.on(Issued{ID: s.ID.String(), Type: "x509", Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, Delivery: deliveryOf(ctx)})
 	}
 	return s, err
 }
@@ -191,7 +272,7 @@ func (r recordingIssuer) MintGMSVID(ctx context.Context, p ca.GMParams) (*ca.GMS
 			typ  string
 			leaf *smx509.Certificate
 		}{{"gm-sign", s.Sign[0]}, {"gm-enc", s.Enc[0]}} {
-			r.on(Issued{ID: s.ID.String(), Type: c.typ, Serial: c.leaf.SerialNumber.Text(16), NotAfter: c.leaf.NotAfter})
+			r.on(Issued{ID: s.ID.String(), Type: c.typ, Serial: c.leaf.SerialNumber.Text(16), NotAfter: c.leaf.NotAfter, Delivery: deliveryOf(ctx)})
 		}
 	}
 	return s, err
@@ -200,13 +281,14 @@ func (r recordingIssuer) MintGMSVID(ctx context.Context, p ca.GMParams) (*ca.GMS
 func (r recordingIssuer) MintJWTSVID(ctx context.Context, p ca.JWTParams) (*ca.JWTSVID, error) {
 	s, err := r.CA.MintJWTSVID(ctx, p)
 	if err == nil {
-		r.on(Issued{ID: p.ID.String(), Type: "jwt", Audience: p.Audience, NotAfter: s.Expiry})
+		r.on(Issued{ID: p.ID.String(), Type: "jwt", Audience: p.Audience, NotAfter: s.Expiry, Delivery: deliveryOf(ctx)})
 	}
 	return s, err
 }
 
 // Start creates (or reloads) the CA under cfg.Dir/ca and starts the
-// Workload API server; endpoints go under cfg.Dir/ep.
+// Workload API server; endpoints go under cfg.Dir/ep, SVID files under
+// cfg.Dir/files.
 func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	dir, trustDomain, uid, gid, log := cfg.Dir, cfg.TrustDomain, cfg.UID, cfg.GID, cfg.Logger
 	if log == nil {
@@ -234,7 +316,8 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 	ep, err := StartEndpoints(ctx, EndpointsConfig{
 		Dir: dir, TrustDomain: trustDomain, UID: uid, GID: gid, Issuer: issuer,
-		GM: authority.Suite() == ca.SuiteGM, Logger: log, Clock: now,
+		GM: authority.Suite() == ca.SuiteGM, JWTAudience: cfg.JWTAudience, RefreshInterval: cfg.RefreshInterval,
+		Logger: log, Clock: now,
 	})
 	if err != nil {
 		authority.Close()

@@ -13,6 +13,9 @@ import (
 func TestConformance(t *testing.T) {
 	sandboxtest.Run(t, func(t *testing.T) sandboxtest.Target {
 		d := newTestDriver(t)
-		return sandboxtest.Target{Driver: d, StateDir: d.stateDir, CgroupParent: testCgroupParent}
+		return sandboxtest.Target{Driver: d, StateDir: d.stateDir, CgroupParent: testCgroupParent,
+			// Spec.Mounts are bind mounts: rotated SVID files reach the
+			// running instance.
+			OptIn: []sandboxtest.Capability{sandboxtest.SVIDFiles}}
 	})
 }

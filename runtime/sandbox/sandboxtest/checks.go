@@ -21,6 +21,7 @@ import (
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/identity"
 	"github.com/zfaas/zfaas/runtime/sandbox"
+	"github.com/zfaas/zfaas/runtime/worker"
 )
 
 // event and result mirror testdata/fn's.
@@ -42,11 +43,19 @@ type result struct {
 	Peers    []string `json:"peers,omitempty"`
 	Procs    int      `json:"procs,omitempty"`
 	Err      string   `json:"err,omitempty"`
+	// Files are the SVID files the instance read (name → content).
+	Files map[string]string `json:"files,omitempty"`
 }
 
 // invoke runs one invocation of v through the worker. A function error, a
 // non-200 HTTP status or an unreadable result is an error.
 func (s *suite) invoke(t *testing.T, v api.Version, ev event) (*api.InvocationResult, result, error) {
+	t.Helper()
+	return s.invokeOn(t, s.w, v, ev)
+}
+
+// invokeOn is invoke through the worker w.
+func (s *suite) invokeOn(t *testing.T, w *worker.Worker, v api.Version, ev event) (*api.InvocationResult, result, error) {
 	t.Helper()
 	payload, err := json.Marshal(ev)
 	if err != nil {
@@ -56,7 +65,7 @@ func (s *suite) invoke(t *testing.T, v api.Version, ev event) (*api.InvocationRe
 	defer cancel()
 	var idb [8]byte
 	_, _ = rand.Read(idb[:])
-	res, err := s.w.Invoke(ctx, api.Invocation{
+	res, err := w.Invoke(ctx, api.Invocation{
 		ID: "inv-" + hex.EncodeToString(idb[:]), Version: v, Payload: payload,
 		MaxConcurrency: 1, WaitBudget: 30 * time.Second,
 	})

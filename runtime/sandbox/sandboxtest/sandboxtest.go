@@ -6,6 +6,7 @@
 // and invocation in both modes, the timeout kill, crash replacement, the
 // memory limit, identity, isolation between instances and a clean stop
 // that leaves no process, cgroup, mount, state directory or socket behind.
+// Drivers may opt in to further checks (Target.OptIn): SVIDFiles.
 //
 // The function it runs is testdata/fn, built with the go tool when the
 // suite starts (statically, so it also runs in a micro-VM).
@@ -39,7 +40,8 @@ import (
 
 // Capability is a guarantee a driver may declare it cannot give yet
 // (Target.Missing); the checks that need it are then skipped with the
-// driver's reason instead of failing.
+// driver's reason instead of failing. Opt-in capabilities (SVIDFiles) are
+// checked only for drivers that list them in Target.OptIn.
 type Capability string
 
 // Capabilities the suite knows.
@@ -51,6 +53,12 @@ const (
 	// Unprivileged: function code runs as a user other than root inside its
 	// sandbox.
 	Unprivileged Capability = "unprivileged"
+	// SVIDFiles (opt-in): an instance reads the SVID files the worker
+	// writes for it under worker.DeliverFiles (mounted at
+	// worker.SVIDMountDir, named by worker.SVIDDirEnv), cannot write
+	// them, and sees a rotation while it runs. A driver that copies its
+	// mounts once at start cannot give it.
+	SVIDFiles Capability = "svid-files"
 )
 
 // Target is one driver under test, as a [Factory] returns it.
@@ -75,6 +83,9 @@ type Target struct {
 	// Missing declares the capabilities the driver lacks, each with the
 	// reason; the checks that need one are skipped with that reason.
 	Missing map[Capability]string
+	// OptIn lists the opt-in capabilities the driver gives; their checks
+	// are skipped for every other driver.
+	OptIn []Capability
 	// Leftovers, when set, is called once the worker closed and every
 	// instance stopped; it returns what of the driver's own making remains
 	// and must not (for example containerd shims), waiting briefly for
@@ -96,6 +107,7 @@ const (
 	lambdaFn    = "fn-lambda"
 	httpFn      = "fn-http"
 	probeFn     = "fn-probe"
+	filesFn     = "fn-files"
 	memoryMB    = 128
 	trustDomain = "conformance.test"
 	// secretPath is where the Lambda instance writes a file no other
@@ -107,7 +119,8 @@ const (
 // subtests share one worker and run in order; instances are reused where
 // the worker reuses them, so a driver boots five instances in all: one per
 // function (Lambda mode, HTTP mode, the isolation probe) and the two
-// replacements after the timeout and the crash.
+// replacements after the timeout and the crash; a sixth, on a worker of its
+// own, for the opt-in SVIDFiles.
 func Run(t *testing.T, f Factory) {
 	t.Helper()
 	t0 := time.Now()
@@ -130,6 +143,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("HTTPInvoke", s.testHTTPInvoke)
 	t.Run("Unprivileged", s.testUnprivileged)
 	t.Run("Identity", s.testIdentity)
+	t.Run("SVIDFiles", s.testSVIDFiles)
 	t.Run("Isolation", s.testIsolation)
 	t.Run("TimeoutKills", s.testTimeout)
 	t.Run("CrashReplaced", s.testCrash)
@@ -143,6 +157,7 @@ type suite struct {
 	tg      Target
 	rec     *recorder
 	w       *worker.Worker
+	cfg     worker.Config // w's
 	dataDir string
 	idDir   string // the Workload API provider's directory
 	noID    string // why the host cannot run the provider
@@ -199,7 +214,7 @@ func newSuite(t *testing.T, tg Target) *suite {
 	if err != nil {
 		t.Fatalf("worker.New: %v", err)
 	}
-	s.w = w
+	s.w, s.cfg = w, cfg
 	// Registered after the factory's cleanups, so it runs before them.
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
@@ -39,6 +40,8 @@ type result struct {
 	Peers    []string `json:"peers,omitempty"`
 	Procs    int      `json:"procs,omitempty"`
 	Err      string   `json:"err,omitempty"`
+	// Files are the SVID files read by "svidfiles" (name → content).
+	Files map[string]string `json:"files,omitempty"`
 }
 
 // hold keeps allocations alive so the collector cannot return them.
@@ -115,6 +118,29 @@ func handle(ctx context.Context, ev event) (result, error) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		svid, err := workloadapi.FetchX509SVID(ctx)
+		if err != nil {
+			r.Err = err.Error()
+			break
+		}
+		r.Data = svid.ID.String()
+	case "svidfiles":
+		// The SVID files at ZFAAS_SVID_DIR, by their top-level names; Data
+		// is the X.509-SVID's ID once its key proved to match.
+		dir := os.Getenv("ZFAAS_SVID_DIR")
+		if dir == "" {
+			r.Err = "ZFAAS_SVID_DIR is not set"
+			break
+		}
+		r.Files = map[string]string{}
+		for _, name := range []string{"svid.pem", "svid_key.pem", "svid_bundle.pem", "jwt_svid.token", "jwt_bundle.json"} {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				r.Err = err.Error()
+				return r, nil
+			}
+			r.Files[name] = string(b)
+		}
+		svid, err := x509svid.Parse([]byte(r.Files["svid.pem"]), []byte(r.Files["svid_key.pem"]))
 		if err != nil {
 			r.Err = err.Error()
 			break

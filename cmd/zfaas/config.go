@@ -17,6 +17,8 @@ import (
 
 	"github.com/zfaas/zfaas/api"
 	"github.com/zfaas/zfaas/runtime/archive"
+	"github.com/zfaas/zfaas/runtime/sandbox/container"
+	"github.com/zfaas/zfaas/runtime/worker"
 )
 
 // upConfig is the YAML configuration of `zfaas up`. Unknown keys are an
@@ -107,6 +109,12 @@ type workerConfig struct {
 	MicroVM microVMConfig `yaml:"microvm"`
 	// Containerd configures worker.sandbox: container.
 	Containerd containerdConfig `yaml:"containerd"`
+	// IdentityDelivery is how instances get their SPIFFE identity:
+	// "socket" (a per-instance Workload API socket), "files" (rotated
+	// SVID files, where a socket cannot enter the sandbox) or "auto"
+	// (default: files under worker.sandbox container with the Kata
+	// runtime, socket otherwise). See identityDelivery.
+	IdentityDelivery string `yaml:"identity_delivery"`
 	// Egress is "enforce" (default: every instance may reach only what
 	// zfaas.egress allows, enforced by eBPF in the kernel) or "off"
 	// (development on hosts without BPF: instances have the host's
@@ -209,6 +217,7 @@ func defaultUpConfig(getenv env) upConfig {
 		},
 		Worker: workerConfig{
 			Sandbox:          "process",
+			IdentityDelivery: "auto",
 			Egress:           "enforce",
 			Attest:           "none",
 			IdleTimeout:      10 * time.Minute,
@@ -352,6 +361,9 @@ func (c *upConfig) validate() error {
 	default:
 		return fmt.Errorf("worker.sandbox %q: want process, microvm or container", c.Worker.Sandbox)
 	}
+	if _, _, err := c.Worker.identityDelivery(); err != nil {
+		return err
+	}
 	if c.Gateway.MaxPayloadBytes <= 0 || c.Gateway.MaxPayloadBytes > 64<<20 {
 		return fmt.Errorf("gateway.max_payload_bytes %d: want 1..%d", c.Gateway.MaxPayloadBytes, 64<<20)
 	}
@@ -387,6 +399,33 @@ func (c *upConfig) validate() error {
 		return fmt.Errorf("store.replicas %d needs store.url: the embedded server is a single node", c.Store.Replicas)
 	}
 	return nil
+}
+
+// identityDelivery resolves worker.identity_delivery against the sandbox:
+// the delivery, and why it was chosen (for the start log). A Unix socket
+// cannot cross into a Kata VM (virtio-fs), so Kata needs files; the
+// micro-VM driver copies its mounts into the VM once at start, so files
+// would never rotate there (it forwards the Workload API socket instead).
+func (w workerConfig) identityDelivery() (worker.IdentityDelivery, string, error) {
+	kata := w.Sandbox == "container" && w.Containerd.Runtime == container.RuntimeKata
+	switch w.IdentityDelivery {
+	case "", "auto":
+		if kata {
+			return worker.DeliverFiles, "auto: the Kata runtime shares directories, not sockets, with its VMs", nil
+		}
+		return worker.DeliverSocket, "auto: the sandbox takes a Unix socket", nil
+	case "socket":
+		if kata {
+			return "", "", fmt.Errorf("worker.identity_delivery socket cannot be used with worker.containerd.runtime %s: a Unix socket cannot cross into the VM; use files (or auto)", container.RuntimeKata)
+		}
+		return worker.DeliverSocket, "configured", nil
+	case "files":
+		if w.Sandbox == "microvm" {
+			return "", "", errors.New("worker.identity_delivery files cannot be used with worker.sandbox microvm: the micro-VM driver copies mounted directories into the VM once at start, so rotated SVID files would never reach the instance; use socket (or auto): the driver forwards the Workload API socket")
+		}
+		return worker.DeliverFiles, "configured", nil
+	}
+	return "", "", fmt.Errorf("worker.identity_delivery %q: want auto, socket or files", w.IdentityDelivery)
 }
 
 var hostNameRE = regexp.MustCompile(`^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zfaas/zfaas/runtime/worker"
 )
 
 func TestConfigFile(t *testing.T) {
@@ -41,6 +43,11 @@ func TestConfigFile(t *testing.T) {
 		{"root uid refused", "worker:\n  uid: 0\n", "unprivileged", nil},
 		{"bad tenant", "tenant: Acme\n", "tenant", nil},
 		{"bad replicas", "store:\n  replicas: 2\n", "replicas", nil},
+		{"identity delivery default", "", "", func(c upConfig) bool { return c.Worker.IdentityDelivery == "auto" }},
+		{"identity delivery files", "worker:\n  identity_delivery: files\n", "", func(c upConfig) bool { return c.Worker.IdentityDelivery == "files" }},
+		{"identity delivery unknown", "worker:\n  identity_delivery: env\n", "worker.identity_delivery", nil},
+		{"identity delivery files on microvm", "worker:\n  sandbox: microvm\n  identity_delivery: files\n", "copies mounted directories", nil},
+		{"identity delivery socket on kata", "worker:\n  sandbox: container\n  identity_delivery: socket\n  containerd:\n    runtime: io.containerd.kata.v2\n", "cannot cross", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +71,48 @@ func TestConfigFile(t *testing.T) {
 			}
 			if tt.check != nil && !tt.check(cfg) {
 				t.Fatalf("got %+v", cfg)
+			}
+		})
+	}
+}
+
+// TestIdentityDelivery: worker.identity_delivery auto picks files for the
+// Kata runtime class only; files and the micro-VM driver, socket and Kata,
+// are refused with the reason.
+func TestIdentityDelivery(t *testing.T) {
+	const kata, runc = "io.containerd.kata.v2", "io.containerd.runc.v2"
+	tests := []struct {
+		sandbox, runtime, delivery string
+		want                       worker.IdentityDelivery
+		wantErr                    string
+	}{
+		{"process", "", "auto", worker.DeliverSocket, ""},
+		{"process", "", "", worker.DeliverSocket, ""},
+		{"container", "", "auto", worker.DeliverSocket, ""},
+		{"container", runc, "auto", worker.DeliverSocket, ""},
+		{"container", kata, "auto", worker.DeliverFiles, ""},
+		{"microvm", "", "auto", worker.DeliverSocket, ""},
+		{"process", "", "files", worker.DeliverFiles, ""},
+		{"container", runc, "files", worker.DeliverFiles, ""},
+		{"container", kata, "files", worker.DeliverFiles, ""},
+		{"process", "", "socket", worker.DeliverSocket, ""},
+		{"microvm", "", "socket", worker.DeliverSocket, ""},
+		{"microvm", "", "files", "", "worker.sandbox microvm"},
+		{"container", kata, "socket", "", "cannot cross into the VM"},
+		{"process", "", "Files", "", "want auto, socket or files"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sandbox+"/"+tt.runtime+"/"+tt.delivery, func(t *testing.T) {
+			w := workerConfig{Sandbox: tt.sandbox, IdentityDelivery: tt.delivery, Containerd: containerdConfig{Runtime: tt.runtime}}
+			got, why, err := w.identityDelivery()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %q, %v; want an error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want || why == "" {
+				t.Fatalf("got %q (%q), %v; want %q", got, why, err, tt.want)
 			}
 		})
 	}

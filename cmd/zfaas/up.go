@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -257,6 +258,8 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		CATTL:       cfg.Identity.CATTL,
 		Logger:      log,
 		OnIssue:     p.recordSVID,
+		// The JWT-SVID written with SVID files is for the gateway.
+		JWTAudience: []string{p.gatewayID},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -328,6 +331,11 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
+	delivery, why, err := cfg.Worker.identityDelivery()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	logIdentityDelivery(log, delivery, why)
 	// The gateway and the worker need each other (invoker; log sink and
 	// observer), so the worker is bound through a small late-bound shim.
 	shim := &lateInvoker{}
@@ -425,6 +433,7 @@ func startPlatform(ctx context.Context, cfg upConfig, log *slog.Logger) (_ *plat
 		Observer:         p.gateway.Observer(),
 		Logger:           log,
 		Identity:         p.identity,
+		IdentityDelivery: delivery,
 		Egress:           p.workerEgress(),
 		Env:              p.gatewayEnv(),
 	})
@@ -738,8 +747,23 @@ func (p *platform) recordSVID(s svid.Issued) {
 		}
 		d["audience"] = aud
 	}
+	action := s.Delivery
+	if action == "" {
+		action = svid.DeliveryWorkloadAPI
+	}
 	_ = p.audit.Append(audit.Record{Kind: audit.KindSVIDIssued, Actor: "spiffe://" + p.td.Name() + "/worker/local", Subject: s.ID,
-		Action: "workload-api", Outcome: audit.OutcomeSuccess, Details: d})
+		Action: action, Outcome: audit.OutcomeSuccess, Details: d})
+}
+
+// logIdentityDelivery says at start how instances get their SVIDs.
+func logIdentityDelivery(log *slog.Logger, d worker.IdentityDelivery, why string) {
+	if d == worker.DeliverFiles {
+		log.Info("instances get their SVIDs as rotated files (svid.pem, svid_key.pem, svid_bundle.pem, jwt_svid.token, jwt_bundle.json)",
+			"identity_delivery", string(d), "chosen", why, "path", worker.SVIDMountDir, "env", worker.SVIDDirEnv)
+		return
+	}
+	log.Info("instances get their SVIDs from a SPIFFE Workload API socket of their own",
+		"identity_delivery", string(d), "chosen", why, "path", path.Join(worker.EndpointMountDir, worker.EndpointSocket), "env", "SPIFFE_ENDPOINT_SOCKET")
 }
 
 // auditSuite is the audit chain's suite for an identity suite: SM3 and SM2

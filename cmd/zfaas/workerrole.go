@@ -71,6 +71,7 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 	egressMode := fs.String("egress", "enforce", "enforce (eBPF) or off (development)")
 	capacityMB := fs.Int("capacity-mb", 0, "memory offered to instances (0: three quarters of the machine's)")
 	uid := fs.Int("uid", 65534, "unprivileged uid of instances")
+	delivery := fs.String("identity-delivery", "auto", "how instances get their SVIDs: socket (a Workload API socket each), files (rotated SVID files at "+worker.SVIDMountDir+") or auto (socket with this worker's process sandbox)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if _, err := parseN(fs, args, 0); err != nil {
 		return err
@@ -82,6 +83,11 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 	}
 	if !cluster.ValidNode(*node) {
 		return fmt.Errorf("--node %q: not a valid node name", *node)
+	}
+	// The remote worker runs the process sandbox.
+	idDelivery, why, err := workerConfig{Sandbox: "process", IdentityDelivery: *delivery}.identityDelivery()
+	if err != nil {
+		return fmt.Errorf("--identity-delivery: %w", err)
 	}
 	log := newLogger(stderr, *logLevel).With("node", *node)
 	td, err := spiffeid.TrustDomainFromString(*tdName)
@@ -179,11 +185,13 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
-	endpoints, err := svid.StartEndpoints(ctx, svid.EndpointsConfig{Dir: filepath.Join(*dataDir, "identity"), TrustDomain: td.Name(), UID: *uid, GID: *uid, Issuer: wid.Issuer(), Logger: log})
+	endpoints, err := svid.StartEndpoints(ctx, svid.EndpointsConfig{Dir: filepath.Join(*dataDir, "identity"), TrustDomain: td.Name(), UID: *uid, GID: *uid, Issuer: wid.Issuer(),
+		JWTAudience: []string{cpID}, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer endpoints.Close()
+	logIdentityDelivery(log, idDelivery, why)
 	shipped, err := defaultPolicy(td.Name())
 	if err != nil {
 		return err
@@ -226,7 +234,7 @@ func runWorkerRole(ctx context.Context, args []string, getenv env, stdout, stder
 		log.Warn("development: egress is not enforced (--egress off): function instances have the host's network")
 	}
 	w, err := worker.New(worker.Config{
-		DataDir: filepath.Join(*dataDir, "worker"), Driver: driver, Packages: st, Logger: log, Identity: endpoints, Egress: eg,
+		DataDir: filepath.Join(*dataDir, "worker"), Driver: driver, Packages: st, Logger: log, Identity: endpoints, IdentityDelivery: idDelivery, Egress: eg,
 		Env: []string{"ZFAAS_GATEWAY=" + *gatewayURL, "ZFAAS_GATEWAY_ID=" + cpID, "ZFAAS_GATEWAY_AUDIENCE=" + cpID, "ZFAAS_GATEWAY_GRPC=" + *join},
 	})
 	if err != nil {

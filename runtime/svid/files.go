@@ -143,10 +143,12 @@ func (e *Endpoints) closeFiles(f *fileSet) {
 	f.cancel()
 	<-f.done
 	f.mu.Lock()
-	f.closed = true
-	f.root.Close()
-	if err := os.RemoveAll(f.dir); err != nil {
-		e.log.Warn("could not remove svid files", "instance", f.instance, "err", err)
+	if !f.closed {
+		f.closed = true
+		f.root.Close()
+		if err := os.RemoveAll(f.dir); err != nil {
+			e.log.Warn("could not remove svid files", "instance", f.instance, "err", err)
+		}
 	}
 	f.mu.Unlock()
 	e.filesMu.Lock()

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,8 +124,8 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("microvm driver: %w: %w", ErrUnsupported, err)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("microvm driver: state dir: %w", err)
+	if err := sandbox.PrepareStateDir(cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("microvm driver: %w", err)
 	}
 	cg, err := detectCgroups(cfg.CgroupParent)
 	if err != nil {
@@ -246,40 +245,10 @@ func (d *Driver) probe(ctx context.Context, accel string) error {
 	return err
 }
 
-var specIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 func (d *Driver) validate(spec *sandbox.Spec) error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", sandbox.ErrInvalidSpec, fmt.Sprintf(format, args...))
-	}
-	switch {
-	case !specIDRE.MatchString(spec.ID):
-		return bad("id %q: want 1-64 of [A-Za-z0-9_-]", spec.ID)
-	case len(spec.Args) == 0 || !filepath.IsAbs(spec.Args[0]):
-		return bad("args[0] must be an absolute path")
-	case !filepath.IsAbs(spec.CodeDir):
-		return bad("code dir %q must be an absolute path", spec.CodeDir)
-	case spec.Limits.MemoryBytes != 0 && spec.Limits.MemoryBytes < minMemoryBytes:
-		return bad("memory limit %d below minimum %d", spec.Limits.MemoryBytes, minMemoryBytes)
-	case spec.Limits.MemoryBytes < 0 || spec.Limits.CPUs < 0 || spec.Limits.PIDs < 0 || spec.Limits.TmpBytes < 0:
-		return bad("limits must not be negative")
-	case spec.Limits.PIDs != 0 && spec.Limits.PIDs < minPIDs:
-		return bad("pids limit %d below minimum %d", spec.Limits.PIDs, minPIDs)
-	}
-	for _, e := range spec.Env {
-		if !strings.Contains(e, "=") || strings.ContainsRune(e, 0) {
-			return bad("env entry %q is not K=V", e)
-		}
-	}
-	if fi, err := os.Stat(spec.CodeDir); err != nil || !fi.IsDir() {
-		return bad("code dir %s is not a directory", spec.CodeDir)
-	}
-	for _, m := range spec.Mounts {
-		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) || filepath.Clean(m.Target) != m.Target || m.Target == "/" {
-			return bad("mount %s → %s must be absolute paths", m.Source, m.Target)
-		}
-	}
-	return nil
+	return sandbox.ValidateSpec(spec, d.cfg.UID, d.cfg.GID, func(l sandbox.Limits) error {
+		return l.Check(minMemoryBytes, minPIDs)
+	})
 }
 
 // Start boots a VM for spec and starts spec.Args in it. It returns once the

@@ -114,7 +114,7 @@ func newDriver(t *testing.T) (*Driver, string) {
 	}
 	d, err := New(Config{
 		KernelDir: kdir, AgentPath: filepath.Join(buildDir, "agent"), Accel: "tcg",
-		StateDir: t.TempDir(), CgroupParent: "zfaas-microvm-test",
+		StateDir: filepath.Join(t.TempDir(), "state"), CgroupParent: "zfaas-microvm-test",
 		Limits: sandbox.Limits{CPUs: 2},
 	})
 	if err != nil {

@@ -180,7 +180,7 @@ func TestAccelAutoFollowsTheProbe(t *testing.T) {
 	d0, code := newDriver(t)
 	var logs syncBuffer
 	d, err := New(Config{
-		KernelDir: d0.cfg.KernelDir, AgentPath: d0.cfg.AgentPath, StateDir: t.TempDir(),
+		KernelDir: d0.cfg.KernelDir, AgentPath: d0.cfg.AgentPath, StateDir: filepath.Join(t.TempDir(), "state"),
 		CgroupParent: d0.cfg.CgroupParent, ProbeTimeout: 30 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 	})

@@ -261,6 +261,27 @@ func (tp *testPlatform) cli(args ...string) (string, error) {
 	return out.String(), err
 }
 
+// exportTrailUntil exports the audit trail to file until ok holds for its
+// text (records arrive in batches), for at most 10 s. It returns the last
+// export and whether ok held.
+func (tp *testPlatform) exportTrailUntil(t *testing.T, file string, ok func(trail string) bool) (string, bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if out, err := tp.cli("audit", "export", "--out", file); err != nil {
+			t.Fatalf("audit export: %v\n%s", err, out)
+		}
+		raw, _ := os.ReadFile(file)
+		if ok(string(raw)) {
+			return string(raw), true
+		}
+		if time.Now().After(deadline) {
+			return string(raw), false
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func (tp *testPlatform) stop() {
 	tp.once.Do(func() {
 		tp.cancel()
@@ -1502,23 +1523,14 @@ func TestAuditTrailEndToEnd(t *testing.T) {
 	keyFile := filepath.Join(dir, "audit.pub")
 	os.WriteFile(keyFile, []byte(keys), 0o600)
 	export := filepath.Join(dir, "trail.jsonl")
-	var raw []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if out, err := tp.cli("audit", "export", "--out", export); err != nil {
-			t.Fatalf("audit export: %v\n%s", err, out)
-		}
-		raw, _ = os.ReadFile(export)
-		s := string(raw)
-		if strings.Contains(s, `"kind":"deploy"`) && strings.Contains(s, `"kind":"invoke"`) && strings.Contains(s, `"kind":"decision"`) &&
-			strings.Contains(s, `"kind":"svid.issued"`) && strings.Contains(s, "spiffe://zfaas.local/ns/default/fn/caller") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("export lacks deploy/invoke/decision/svid.issued records:\n%s", s)
-		}
-		time.Sleep(200 * time.Millisecond)
+	trail, ok := tp.exportTrailUntil(t, export, func(s string) bool {
+		return strings.Contains(s, `"kind":"deploy"`) && strings.Contains(s, `"kind":"invoke"`) && strings.Contains(s, `"kind":"decision"`) &&
+			strings.Contains(s, `"kind":"svid.issued"`) && strings.Contains(s, "spiffe://zfaas.local/ns/default/fn/caller")
+	})
+	if !ok {
+		t.Fatalf("export lacks deploy/invoke/decision/svid.issued records:\n%s", trail)
 	}
+	raw := []byte(trail)
 	if out, err := tp.cli("audit", "verify", export, "--key", keyFile); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
@@ -1686,19 +1698,8 @@ func TestGMSuiteEndToEnd(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(dir, "audit.pub"), []byte(keys), 0o600)
 	export := filepath.Join(dir, "trail.jsonl")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if out, err := tp.cli("audit", "export", "--out", export); err != nil {
-			t.Fatalf("audit export: %v\n%s", err, out)
-		}
-		raw, _ := os.ReadFile(export)
-		if strings.Contains(string(raw), `"tls":"TLCP"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no decision over TLCP in the trail:\n%s", raw)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if trail, ok := tp.exportTrailUntil(t, export, func(s string) bool { return strings.Contains(s, `"tls":"TLCP"`) }); !ok {
+		t.Fatalf("no decision over TLCP in the trail:\n%s", trail)
 	}
 	out, err := tp.cli("audit", "verify", export, "--key", filepath.Join(dir, "audit.pub"))
 	if err != nil || !strings.Contains(strings.ToLower(out), "sm3") {

@@ -85,26 +85,18 @@ func TestFunctionSVIDFiles(t *testing.T) {
 	// The trail records both SVIDs of the files, as files.
 	dir := t.TempDir()
 	export := filepath.Join(dir, "trail.jsonl")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if out, err := tp.cli("audit", "export", "--out", export); err != nil {
-			t.Fatalf("audit export: %v\n%s", err, out)
-		}
-		raw, _ := os.ReadFile(export)
-		var x509, jwt bool
-		for l := range strings.Lines(string(raw)) {
+	var x509, jwt bool
+	if _, ok := tp.exportTrailUntil(t, export, func(trail string) bool {
+		x509, jwt = false, false
+		for l := range strings.Lines(trail) {
 			if strings.Contains(l, `"kind":"svid.issued"`) && strings.Contains(l, id) && strings.Contains(l, `"action":"files"`) {
 				x509 = x509 || strings.Contains(l, `"type":"x509"`)
 				jwt = jwt || strings.Contains(l, `"type":"jwt"`)
 			}
 		}
-		if x509 && jwt {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("trail lacks svid.issued records with action files for %s (x509 %v, jwt %v)", id, x509, jwt)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return x509 && jwt
+	}); !ok {
+		t.Fatalf("trail lacks svid.issued records with action files for %s (x509 %v, jwt %v)", id, x509, jwt)
 	}
 
 	filesDir := filepath.Join(tp.dataDir, "identity", "files")

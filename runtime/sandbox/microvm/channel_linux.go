@@ -45,7 +45,7 @@ func chooseTransport(want, dev string) (string, error) {
 		}
 		return guestagent.TransportSerial, nil
 	}
-	return "", fmt.Errorf("microvm driver: transport %q: want auto, serial or vsock", want)
+	return "", fmt.Errorf("transport %q: want auto, serial or vsock", want)
 }
 
 // newChannel opens the host end of a VM's channel in its state dir.
